@@ -1,0 +1,185 @@
+"""The ``searchprune`` command. User errors print one line and exit with code 2."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import SearchpruneError
+
+EXAMPLES = """examples:
+  searchprune search --space search_spaces/digits_plain.yaml --hw stm32f746-tflm-cmsisnn \\
+      --hw stm32g031-cgen --trials 30 --name demo
+  searchprune front demo --csv runs/demo/front.csv
+  searchprune profiles
+  searchprune estimate --model searchprune.zoo:resnet8 --hw ra6m4-tflm-cmsisnn
+"""
+
+
+def _pd_print(df) -> None:
+    import pandas as pd
+    with pd.option_context("display.max_columns", 40, "display.width", 200,
+                           "display.max_colwidth", 40, "display.float_format", "{:.4g}".format):
+        print(df.to_string(index=False))
+
+
+def cmd_search(a) -> None:
+    from .search import search
+    result = search(a.space, hardware=a.hw, n_trials=a.trials, seed=a.seed,
+                    objectives=a.objective or None, constraints=a.constraint or None,
+                    sampler=a.sampler, name=a.name, runs_dir=a.runs_dir, quiet=a.quiet)
+    _print_front(result, None)
+
+
+def _print_front(result, profile) -> None:
+    table = result.front_table(profile)
+    trials = result.trials
+    n_feasible = int(trials["feasible"].sum()) if len(trials) else 0
+    print(f"Pareto front of study {result.name!r} on {profile or result.profiles[0]} "
+          f"({len(table)} of {len(trials)} trials, {n_feasible} feasible on every MCU):")
+    if table.empty:
+        print("  no feasible trained trial yet")
+    else:
+        _pd_print(table)
+
+
+def cmd_front(a) -> None:
+    from .io import atomic_write_text
+    from .search import load_study
+    result = load_study(a.name, a.runs_dir)
+    _print_front(result, a.profile)
+    if a.csv:
+        front = result.pareto if a.profile is None else result.pareto_for(a.profile)
+        path = atomic_write_text(a.csv, front.to_csv(index=False))
+        print(f"wrote {path}")
+
+
+def cmd_profiles(a) -> None:
+    import pandas as pd
+    from .hardware import list_profiles
+    rows = []
+    for p in list_profiles():
+        rows.append({"name": p.name, "core": p.core, "clock_mhz": p.clock_hz / 1e6,
+                     "sram_kib": p.sram_bytes / 1024, "flash_kib": p.flash_bytes / 1024,
+                     "runtime": p.runtime.name,
+                     "calibrated": "calibration" in p.source})
+    _pd_print(pd.DataFrame(rows))
+
+
+def cmd_spaces(a) -> None:
+    from .spaces import bundled_spaces, load_space
+    for name, path in bundled_spaces().items():
+        s = load_space(path)
+        print(f"{name:20s} family={s.family:8s} task={s.task:8s} {path}")
+        if s.description:
+            print(f"{'':20s} {s.description}")
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise SearchpruneError(f"argument --input-shape = {text!r}: expected e.g. 1,3,32,32")
+    if not shape or any(v <= 0 for v in shape):
+        raise SearchpruneError(f"argument --input-shape = {text!r}: sizes must be > 0")
+    return shape
+
+
+def cmd_estimate(a) -> None:
+    from .calibration import Measurement, build_measured
+    from .cost import estimate
+    shape = _parse_shape(a.input_shape) if a.input_shape else None
+    model, shape = build_measured(Measurement(a.model, 1.0, shape))
+    for report in estimate(model, shape, list(a.hw)):
+        print(f"{report.profile}: latency {report.latency_ms:.3f} ms, peak RAM "
+              f"{report.peak_ram_bytes} B (arena {report.arena_bytes} B), flash "
+              f"{report.flash_bytes} B (model {report.model_bytes} B), energy "
+              f"{report.energy_uj:.1f} uJ, {report.macs} MACs, {report.params} params, "
+              f"fits: {'yes' if report.fits else 'NO'}")
+        if not a.totals_only:
+            df = report.to_dataframe()[["layer", "kind", "out_shape", "macs", "params",
+                                        "latency_ms", "flash_bytes", "scratch_bytes"]]
+            _pd_print(df)
+
+
+def cmd_calibrate(a) -> None:
+    from .calibration import calibrate, read_measurements, write_profile
+    from .hardware import load_profile
+    base = load_profile(a.base)
+    result = calibrate(read_measurements(a.csv), base, name=a.name)
+    for r in result.rows:
+        print(f"{r['label'] or r['model']:40s} measured {r['measured_ms']:9.3f} ms  predicted "
+              f"{r['predicted_ms']:9.3f} ms  error {100 * r['error']:+6.2f}%")
+    loo = result.median_loo_error
+    print("leave-one-out median error: " + (f"{100 * loo:.2f}%" if loo is not None else
+          "n/a (needs more rows than fitted coefficients)"))
+    print(f"wrote {write_profile(result, a.out, base.path)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="searchprune", description="Hardware-aware NAS and pruning "
+                                "for microcontrollers.", epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    s = sub.add_parser("search", help="run or resume a search and print its Pareto front",
+                       description="Run (or resume, with the same --name) a multi-objective "
+                       "search: every candidate is costed on every --hw profile, candidates "
+                       "that do not fit are rejected before training.")
+    s.add_argument("--space", required=True, help="bundled space name or a YAML path")
+    s.add_argument("--hw", action="append", required=True, metavar="PROFILE",
+                   help="bundled profile name or YAML path (repeat for several MCUs)")
+    s.add_argument("--trials", type=int, default=30, help="total trials of the study (default 30)")
+    s.add_argument("--name", help="study name: results go to runs/NAME (default: the space name)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--objective", action="append", metavar="METRIC",
+                   help="objective metric (repeat); default accuracy latency_ms peak_ram_bytes "
+                   "flash_bytes; METRIC@PROFILE for another MCU")
+    s.add_argument("--constraint", action="append", metavar="EXPR",
+                   help="extra hard constraint, e.g. latency_ms<=50 or accuracy>=0.9 (repeat)")
+    s.add_argument("--sampler", default="nsga2", choices=["nsga2", "tpe", "random"])
+    s.add_argument("--runs-dir", default="runs", help="where studies live (default runs/)")
+    s.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
+    s.set_defaults(fn=cmd_search)
+    f = sub.add_parser("front", help="print (and optionally save) the Pareto front of a study")
+    f.add_argument("name", help="study name (a folder under runs/)")
+    f.add_argument("--csv", metavar="PATH", help="also write the full front as CSV")
+    f.add_argument("--profile", help="front for this chosen MCU (default: the first)")
+    f.add_argument("--runs-dir", default="runs")
+    f.set_defaults(fn=cmd_front)
+    pr = sub.add_parser("profiles", help="list bundled hardware profiles")
+    pr.set_defaults(fn=cmd_profiles)
+    sp = sub.add_parser("spaces", help="list bundled search spaces")
+    sp.set_defaults(fn=cmd_spaces)
+    e = sub.add_parser("estimate", help="estimate latency / RAM / flash / energy of a model")
+    e.add_argument("--model", required=True,
+                   help="pkg.module:factory returning an nn.Module (or (module, input_shape))")
+    e.add_argument("--input-shape", help="with batch, e.g. 1,3,32,32")
+    e.add_argument("--hw", action="append", required=True, metavar="PROFILE")
+    e.add_argument("--totals-only", action="store_true", help="no per-layer table")
+    e.set_defaults(fn=cmd_estimate)
+    c = sub.add_parser("calibrate", help="fit a profile's latency coefficients to your "
+                       "measurements", description="CSV columns: model (zoo name or "
+                       "pkg.module:factory), latency_ms, optional input_shape (1x3x32x32), label")
+    c.add_argument("--csv", required=True)
+    c.add_argument("--base", required=True, help="profile to start from (name or YAML)")
+    c.add_argument("--out", required=True, help="where to write the fitted YAML")
+    c.add_argument("--name", help="name of the new profile")
+    c.set_defaults(fn=cmd_calibrate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except SearchpruneError as e:
+        print(f"searchprune: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("searchprune: interrupted; completed trials are kept in the study", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""The MCU cost model: latency, peak RAM, flash and energy of an int8 model on a profile.
+
+It reads only the traced op graph (shapes, kinds, zero counts) and the profile, never
+weights, so a candidate is screened in milliseconds:
+
+- **flash**: int8 weights (zeros dropped only if the runtime stores sparse weights), int32
+  biases, per-channel quantisation parameters and per-op metadata of the model format, plus the runtime's own code (``flash_bytes``; ``model_bytes`` excludes the code);
+- **peak RAM**: activation tensors (int8) and per-op scratch buffers planned into one arena
+  from their lifetimes, the way TFLM's greedy planner does it, plus what the runtime reserves;
+- **latency**: cycles per op from the profile's per-kind coefficients, with channel counts
+  rounded up to the multiple the kernels vectorise over, divided by the clock;
+- **energy**: active power x latency (mW x ms = uJ).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch.nn as nn
+
+from .graph import (CONV, DEPTHWISE, FC, POINTWISE, POOL, Graph, Op,
+                    trace)
+from .hardware import HardwareProfile, load_profile
+
+ARENA_ALIGNMENT = 16  # TFLM aligns every planned buffer to 16 bytes
+
+
+@dataclass(frozen=True)
+class Buffer:
+    """One planned arena buffer: bytes, live from op ``first`` to op ``last`` (inclusive)."""
+
+    name: str
+    size: int
+    first: int
+    last: int
+    offset: int = -1
+
+
+@dataclass(frozen=True)
+class CostReport:
+    """Estimated cost of one model on one profile. Bytes, ms, uJ; ``fits`` checks budgets."""
+
+    profile: str
+    latency_ms: float
+    peak_ram_bytes: int
+    flash_bytes: int
+    energy_uj: float
+    macs: int
+    params: int
+    arena_bytes: int
+    model_bytes: int
+    live_peak_bytes: int
+    sram_budget_bytes: int
+    flash_budget_bytes: int
+    layers: list[dict] = field(default_factory=list, repr=False)
+    plan: list[Buffer] = field(default_factory=list, repr=False)
+
+    @property
+    def fits(self) -> bool:
+        return self.peak_ram_bytes <= self.sram_budget_bytes and \
+            self.flash_bytes <= self.flash_budget_bytes
+
+    def metrics(self) -> dict[str, float]:
+        """The figures a search records for this profile."""
+        return {"latency_ms": self.latency_ms, "peak_ram_bytes": self.peak_ram_bytes,
+                "flash_bytes": self.flash_bytes, "energy_uj": self.energy_uj,
+                "macs": self.macs, "params": self.params}
+
+    def to_dataframe(self):
+        """One row per op: kind, shapes, MACs, params, cycles, latency_ms, flash bytes."""
+        import pandas as pd
+        return pd.DataFrame(self.layers)
+
+
+def _round_up(x: int, m: int) -> int:
+    return -(-int(x) // m) * m
+
+
+def _stored_weight_bytes(op: Op, profile: HardwareProfile) -> int:
+    """int8 weights as the runtime stores them; zeros are free only with sparse storage."""
+    if profile.runtime.sparse_storage and op.weight_zeros:
+        nonzero = op.weights - op.weight_zeros
+        return nonzero + math.ceil(op.weights / 8)  # values + a 1-bit occupancy mask
+    return op.weights
+
+
+def op_flash_bytes(op: Op, profile: HardwareProfile) -> int:
+    """Bytes of flash for one op: format metadata, int8 weights, int32 biases and the
+    quantisation parameters (per output channel for convolutions, per tensor for FC)."""
+    rt = profile.runtime
+    size = rt.op_overhead_bytes
+    if op.weight_shape is not None:
+        channels = 1 if op.kind == FC else op.out_channels
+        size += _stored_weight_bytes(op, profile) + 4 * op.out_channels
+        size += channels * rt.quant_bytes_per_channel
+    return size
+
+
+def op_work(op: Op, profile: HardwareProfile) -> tuple[str, float]:
+    """(latency coefficient name, units of work) of one op. MAC counts use channel counts
+    rounded up to the runtime's vector multiple, and skip zeros only with sparse kernels."""
+    m = profile.runtime.channel_multiple
+    out_elems = math.prod(op.out_shape)
+    if op.kind in (CONV, POINTWISE, DEPTHWISE, FC):
+        cout = _round_up(op.out_channels, m)
+        spatial = out_elems // op.out_channels
+        if op.kind == DEPTHWISE:
+            work = spatial * cout * math.prod(op.kernel) * op.weight_shape[1]
+        else:
+            work = spatial * cout * math.prod(op.kernel or (1,)) * _round_up(op.weight_shape[1], m)
+        if profile.runtime.sparse_kernels and op.weights:
+            work *= 1 - op.weight_zeros / op.weights
+        return f"{op.kind}_cycles_per_mac", float(work)
+    if op.kind == POOL:
+        return "pool_cycles_per_element", float(math.prod(op.in_shape))
+    return "elementwise_cycles_per_element", float(out_elems)  # add, concat, activation, ...
+
+
+def op_cycles(op: Op, profile: HardwareProfile) -> float:
+    """Cycles of one op: its coefficient x its work, plus the per-op overhead."""
+    coef, work = op_work(op, profile)
+    return getattr(profile.latency, coef) * work + profile.latency.op_overhead_cycles
+
+
+def scratch_bytes(op: Op, profile: HardwareProfile) -> int:
+    """Per-op scratch: CMSIS-NN's im2col buffer (2 x cin x kh x kw int16) for k > 1 convs."""
+    if profile.runtime.im2col and op.kind == CONV and math.prod(op.kernel) > 1:
+        return 2 * op.in_channels // op.groups * math.prod(op.kernel) * 2
+    return 0
+
+
+def buffers(graph: Graph, profile: HardwareProfile | None = None) -> list[Buffer]:
+    """Activation tensors and scratch buffers with their lifetimes in op order."""
+    n = len(graph.ops)
+    first: dict[str, int] = {name: 0 for name in graph.inputs}
+    last: dict[str, int] = {}
+    for i, op in enumerate(graph.ops):
+        first.setdefault(op.output, i)
+        for t in op.inputs:
+            last[t] = i
+    for t in graph.outputs:
+        last[t] = max(n - 1, 0)
+    out = [Buffer(t, _round_up(graph.tensor_bytes(t), ARENA_ALIGNMENT), first[t],
+                  last.get(t, first[t])) for t in first]
+    if profile is not None:
+        for i, op in enumerate(graph.ops):
+            s = scratch_bytes(op, profile)
+            if s:
+                out.append(Buffer(f"{op.name}:scratch", _round_up(s, ARENA_ALIGNMENT), i, i))
+    return out
+
+
+def plan_arena(bufs: Sequence[Buffer]) -> tuple[int, list[Buffer]]:
+    """Greedy-by-size arena plan (TFLM's GreedyMemoryPlanner): largest buffer first (ties: the
+    later-listed first), each at the lowest offset that overlaps no time-overlapping buffer.
+    Returns (arena bytes, buffers with offsets)."""
+    order = sorted(range(len(bufs)), key=lambda i: (-bufs[i].size, -i))
+    placed: list[Buffer] = []
+    for i in order:
+        b = bufs[i]
+        live = sorted((p for p in placed if p.first <= b.last and b.first <= p.last),
+                      key=lambda p: p.offset)
+        offset = 0
+        for p in live:
+            if offset + b.size <= p.offset:
+                break
+            offset = max(offset, p.offset + p.size)
+        placed.append(Buffer(b.name, b.size, b.first, b.last, offset))
+    arena = max((p.offset + p.size for p in placed), default=0)
+    return arena, sorted(placed, key=lambda p: (p.first, p.name))
+
+
+def live_peak(bufs: Sequence[Buffer]) -> int:
+    """Largest sum of simultaneously live buffers: a lower bound of any arena plan."""
+    n = max((b.last for b in bufs), default=-1) + 1
+    return max((sum(b.size for b in bufs if b.first <= i <= b.last) for i in range(n)), default=0)
+
+
+def estimate_graph(graph: Graph, profile: HardwareProfile) -> CostReport:
+    """Cost of a traced graph on one profile."""
+    layers, total_cycles, model_bytes = [], 0.0, 0
+    for op in graph.ops:
+        cycles = op_cycles(op, profile)
+        flash = op_flash_bytes(op, profile)
+        total_cycles += cycles
+        model_bytes += flash
+        layers.append({"layer": op.name, "kind": op.kind, "in_shape": op.in_shape,
+                       "out_shape": op.out_shape, "activation": op.activation,
+                       "macs": op.macs, "params": op.params,
+                       "sparsity": op.weight_zeros / op.weights if op.weights else 0.0,
+                       "cycles": cycles, "latency_ms": cycles / profile.clock_hz * 1e3,
+                       "flash_bytes": flash, "output_bytes": math.prod(op.out_shape),
+                       "scratch_bytes": scratch_bytes(op, profile)})
+    model_bytes += profile.runtime.op_overhead_bytes  # model header, graph input and output
+    bufs = buffers(graph, profile)
+    arena, plan = plan_arena(bufs)
+    latency_ms = total_cycles / profile.clock_hz * 1e3
+    return CostReport(
+        profile=profile.name, latency_ms=latency_ms,
+        peak_ram_bytes=arena + profile.runtime.ram_reserved_bytes,
+        flash_bytes=model_bytes + profile.runtime.flash_reserved_bytes,
+        energy_uj=profile.active_power_mw * latency_ms,
+        macs=sum(op.macs for op in graph.ops), params=sum(op.params for op in graph.ops),
+        arena_bytes=arena, model_bytes=model_bytes, live_peak_bytes=live_peak(bufs),
+        sram_budget_bytes=profile.sram_bytes, flash_budget_bytes=profile.flash_bytes,
+        layers=layers, plan=plan)
+
+
+def estimate(model: nn.Module, input_shape: Sequence[int],
+             profile: str | HardwareProfile | Sequence[str | HardwareProfile]):
+    """Estimate ``model`` (any ``nn.Module``, meta device allowed) on one or more profiles.
+
+    ``input_shape`` includes the batch dimension, e.g. ``(1, 3, 32, 32)``. Returns one
+    :class:`CostReport`, or a list of them when ``profile`` is a list.
+
+    >>> import torch.nn as nn
+    >>> r = estimate(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), (1, 64),
+    ...              "stm32f746-tflm-cmsisnn")
+    >>> r.macs, r.params
+    (640, 650)
+    """
+    graph = trace(model, tuple(input_shape))
+    if isinstance(profile, (list, tuple)):
+        return [estimate_graph(graph, load_profile(p)) for p in profile]
+    return estimate_graph(graph, load_profile(profile))

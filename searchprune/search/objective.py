@@ -1,0 +1,156 @@
+"""The trial pipeline both orchestrators run: sample -> cost gate -> train -> prune ->
+fine-tune -> evaluate -> exact costs. Optuna calls :func:`run_trial` directly; a Ray worker
+calls the very same function through Tune's OptunaSearch trial."""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from .. import training
+from ..cost import estimate_graph
+from ..graph import trace
+from ..hardware import HardwareProfile
+from ..pruning import apply_masks, layer_widths, prunable_layers, prune, sparsity
+from ..spaces import SearchSpace
+from ..training import Task
+from .metrics import COST_METRICS, Constraint
+
+
+@dataclass
+class TrialContext:
+    """What every trial of one study shares."""
+
+    space: SearchSpace
+    task: Task
+    profiles: list[HardwareProfile]
+    objectives: list[str]              # resolved metric names, e.g. latency_ms@<profile>
+    constraints: list[Constraint] = field(default_factory=list)
+    seed: int = 0
+    train_fn: Callable = training.train
+    evaluate_fn: Callable = training.evaluate
+
+    @property
+    def profile_names(self) -> list[str]:
+        return [p.name for p in self.profiles]
+
+
+def cost_metrics(model: nn.Module, input_shape: tuple, profiles: list[HardwareProfile]) -> dict:
+    """Every cost metric on every profile, keyed ``metric@profile``, plus the reports."""
+    graph = trace(model, (1, *input_shape))
+    out, reports = {}, {}
+    for p in profiles:
+        r = estimate_graph(graph, p)
+        reports[p.name] = r
+        for k, v in r.metrics().items():
+            out[f"{k}@{p.name}"] = v
+    return out, reports
+
+
+def hard_constraints(metrics: dict, ctx: TrialContext) -> dict[str, float]:
+    """Constraint name -> value (feasible when <= 0): SRAM and flash of every profile, then
+    the user's bounds. A bound on accuracy is only known after training (None before)."""
+    out: dict[str, float] = {}
+    for p in ctx.profiles:
+        out[f"sram@{p.name}"] = metrics[f"peak_ram_bytes@{p.name}"] - p.sram_bytes
+        out[f"flash@{p.name}"] = metrics[f"flash_bytes@{p.name}"] - p.flash_bytes
+    for c in ctx.constraints:
+        if c.metric in metrics and metrics[c.metric] is not None:
+            out[str(c)] = c.violation(metrics[c.metric])
+    return out
+
+
+def _data_batches(task: Task, batch_size: int, n: int = 4):
+    x, y = task.tensors("train")
+    return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, min(len(x), n * batch_size),
+                                                                      batch_size)]
+
+
+def sample_candidate(trial, ctx: TrialContext):
+    """Architecture + pruning plan for this trial, and the untrained dense model."""
+    space = ctx.space
+    arch = space.sample(trial)
+    torch.manual_seed(ctx.seed + trial.number)
+    model = space.build(arch, ctx.task.input_shape, ctx.task.num_classes)
+    granularity = space.pruning.granularity.suggest(trial, "granularity")
+    criterion = space.pruning.criterion.suggest(trial, "criterion")
+    example = torch.zeros(2, *ctx.task.input_shape)
+    layers = prunable_layers(model, example, granularity)
+    lo, hi = space.pruning.ratio_low, space.pruning.ratio_high
+    ratios = {name: (trial.suggest_float(f"ratio.{name}", lo, hi) if hi > lo else lo)
+              for name in layers}
+    plan = {"granularity": granularity, "criterion": criterion, "ratios": ratios}
+    return arch, plan, model
+
+
+def _prune_with(model: nn.Module, plan: dict, ctx: TrialContext, criterion: str, data=None):
+    round_to = max(p.runtime.channel_multiple for p in ctx.profiles)
+    example = torch.zeros(2, *ctx.task.input_shape)
+    return prune(model, plan["ratios"], plan["granularity"], criterion, example_inputs=example,
+                 data=data, round_to=round_to)
+
+
+def run_trial(trial, ctx: TrialContext) -> list[float]:
+    """One trial. Records metrics and constraints in the trial; returns objective values.
+
+    A candidate that breaks a hard SRAM / flash / cost constraint on any profile is finished
+    without training: its costs and violations are recorded and its accuracy is 0.0 in the
+    objective values (``trained=False`` in its attributes; reports show it as not trained).
+    """
+    t0 = time.perf_counter()
+    arch, plan, model = sample_candidate(trial, ctx)
+    trial.set_user_attr("arch", arch)
+    trial.set_user_attr("pruning", {k: plan[k] for k in ("granularity", "criterion")})
+    widths_dense = layer_widths(model)
+
+    # cost gate: the pruned shapes of the untrained model (magnitude pruning decides which
+    # channels; how many, and so the cost, does not depend on the criterion)
+    gated = _prune_with(copy.deepcopy(model), plan, ctx, "l1")
+    metrics, _ = cost_metrics(gated, ctx.task.input_shape, ctx.profiles)
+    cons = hard_constraints(metrics, ctx)
+    trial.set_user_attr("gate_seconds", time.perf_counter() - t0)
+    if any(v > 0 for v in cons.values()):
+        return _finish(trial, ctx, metrics, cons, accuracy=None, trained=False)
+
+    seed = ctx.seed + trial.number
+    tr = ctx.space.training
+    ctx.train_fn(model, ctx.task, tr.epochs, tr.batch_size, tr.lr, seed)
+    dense_acc = ctx.evaluate_fn(model, ctx.task)
+    data = _data_batches(ctx.task, tr.batch_size) if plan["criterion"] == "taylor" else None
+    model = _prune_with(model, plan, ctx, plan["criterion"], data)
+    if tr.finetune_epochs:
+        ctx.train_fn(model, ctx.task, tr.finetune_epochs, tr.batch_size, tr.lr / 2, seed + 1,
+                     after_step=apply_masks)
+    accuracy = ctx.evaluate_fn(model, ctx.task)
+    widths = layer_widths(model)
+    trial.set_user_attr("achieved_ratios", {n: 1 - widths[n] / widths_dense[n]
+                                            for n in plan["ratios"] if n in widths})
+    trial.set_user_attr("sparsity", sparsity(model))
+    trial.set_user_attr("dense_accuracy", dense_acc)
+    metrics, _ = cost_metrics(model, ctx.task.input_shape, ctx.profiles)
+    metrics["accuracy"] = accuracy
+    cons = hard_constraints(metrics, ctx)
+    return _finish(trial, ctx, metrics, cons, accuracy=accuracy, trained=True)
+
+
+def _finish(trial, ctx: TrialContext, metrics: dict, cons: dict, accuracy, trained: bool):
+    metrics = {**metrics, "accuracy": accuracy}
+    for c in ctx.constraints:  # accuracy bounds of an untrained candidate count as violated
+        if str(c) not in cons:
+            cons[str(c)] = abs(c.bound) + 1.0
+    for name, value in cons.items():
+        trial.set_constraint(name, float(value))
+    feasible = all(v <= 0 for v in cons.values())
+    trial.set_user_attr("metrics", metrics)
+    trial.set_user_attr("constraints", cons)
+    trial.set_user_attr("violations", [k for k, v in cons.items() if v > 0])
+    trial.set_user_attr("feasible", feasible)
+    trial.set_user_attr("trained", trained)
+    return [float(metrics[o]) if metrics[o] is not None else 0.0 for o in ctx.objectives]
+
+
+__all__ = ["COST_METRICS", "TrialContext", "run_trial", "cost_metrics", "hard_constraints"]

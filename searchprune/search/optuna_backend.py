@@ -1,0 +1,241 @@
+"""The embedded default orchestrator: an Optuna multi-objective study in SQLite."""
+from __future__ import annotations
+
+import re
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import optuna
+from optuna.exceptions import ExperimentalWarning
+from optuna.trial import TrialState
+
+from ..errors import ConfigError, SearchpruneError, UnknownNameError
+from ..hardware import HardwareProfile, load_profile
+from ..spaces import SearchSpace, load_space
+from ..training import Task, load_task
+from .metrics import DEFAULT_OBJECTIVES, is_maximized, parse_constraints, resolve_metric
+from .objective import TrialContext, run_trial
+from .result import SearchResult
+
+# set_metric_names and heartbeats are "experimental" in Optuna, and stable in practice
+warnings.filterwarnings("ignore", category=ExperimentalWarning, module=r"(searchprune|optuna)\.")
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress line replaces its INFO log
+DEFAULT_RUNS_DIR = Path("runs")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+SAMPLERS = ("nsga2", "tpe", "random")
+
+
+def check_study_name(name: str) -> str:
+    """Study names become folder names under runs/: letters, digits, ``_ . -`` only."""
+    if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name:
+        raise ConfigError("argument", "name", name, "a study name may hold letters, digits and "
+                          "_ . - (no slashes, no '..'), starting with a letter or digit")
+    return name
+
+
+def study_dir(name: str, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> Path:
+    return Path(runs_dir) / check_study_name(name)
+
+
+def storage_url(name: str, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> str:
+    return f"sqlite:///{(study_dir(name, runs_dir) / 'study.db').resolve()}"
+
+
+def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise UnknownNameError("sampler", name, SAMPLERS)
+
+
+def _study_attrs(space: SearchSpace, profiles: list[HardwareProfile], objectives: list[str],
+                 constraints, seed: int, task: Task) -> dict:
+    return {"space": space.path or space.name, "space_name": space.name, "task": task.name,
+            "profiles": [p.name for p in profiles],
+            "hardware": [p.path or p.name for p in profiles],
+            "budgets": {p.name: {"sram_bytes": p.sram_bytes, "flash_bytes": p.flash_bytes}
+                        for p in profiles},
+            "objectives": objectives, "constraints": [str(c) for c in constraints],
+            "seed": seed}
+
+
+def _open_study(name: str, storage, attrs: dict, directions: list[str], sampler) -> optuna.Study:
+    study = optuna.create_study(study_name=name, storage=storage, directions=directions,
+                                sampler=sampler, load_if_exists=True)
+    old = study.user_attrs
+    if old:
+        for key in ("space_name", "profiles", "objectives", "constraints"):
+            if old.get(key) != attrs[key]:
+                raise ConfigError("argument", key, attrs[key],
+                                  f"study {name!r} was created with {old.get(key)!r}; resume it "
+                                  "with the same settings or choose another --name")
+    else:
+        for k, v in attrs.items():
+            study.set_user_attr(k, v)
+        study.set_metric_names(attrs["objectives"])
+    return study
+
+
+def fail_stale_running(study: optuna.Study) -> int:
+    """Trials left RUNNING by a killed process become FAIL (their budget is re-spent)."""
+    stale = optuna.storages.fail_stale_trials
+    n = 0
+    try:
+        stale(study)
+    except Exception:  # storages without heartbeat support
+        pass
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if study._storage.get_trial_system_attrs(t._trial_id).get("searchprune:pid") is None:
+            continue
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        study._storage.set_trial_user_attr(t._trial_id, "error",
+                                           "interrupted: the search process died during this trial")
+        n += 1
+    return n
+
+
+class _Progress:
+    """Prints one line per finished trial: done / total, its figures, best feasible accuracy."""
+
+    def __init__(self, total: int, quiet: bool, objectives: list[str]):
+        self.total, self.quiet, self.objectives = total, quiet, objectives
+        self.start = time.perf_counter()
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if self.quiet:
+            return
+        done = sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
+                                                                        TrialState.PRUNED)))
+        best = [t.user_attrs["metrics"]["accuracy"] for t in study.get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.user_attrs.get("feasible") and t.user_attrs.get("trained")]
+        a = trial.user_attrs
+        if trial.state == TrialState.FAIL:
+            what = f"failed: {a.get('error', '?')}"
+        elif not a.get("trained", False):
+            what = f"rejected before training ({', '.join(a.get('violations', []))})"
+        else:
+            vals = ", ".join(f"{o.split('@')[0]}={v:.4g}" for o, v in zip(self.objectives,
+                                                                          trial.values or []))
+            what = vals + ("" if a.get("feasible") else " (infeasible)")
+        best_s = f"{max(best):.4f}" if best else "-"
+        print(f"[{done}/{self.total}] trial {trial.number}: {what} | best feasible accuracy "
+              f"{best_s} | {time.perf_counter() - self.start:.0f}s", file=sys.stderr, flush=True)
+
+
+def search(space: str | Path | SearchSpace, hardware: Sequence[str | HardwareProfile] | str,
+           n_trials: int = 30, seed: int = 0, objectives: Sequence[str] | None = None,
+           constraints=None, sampler: str = "nsga2", name: str | None = None,
+           storage: str | None = None, task: str | Task | None = None,
+           runs_dir: str | Path = DEFAULT_RUNS_DIR, quiet: bool = False,
+           max_consecutive_failures: int = 10) -> SearchResult:
+    """Run (or resume) a multi-objective search and return its :class:`SearchResult`.
+
+    ``hardware``: bundled profile names or YAML paths; costs are recorded on all of them and
+    SRAM / flash must fit on every one. ``objectives`` default to accuracy, and latency,
+    peak RAM and flash on the first profile (``metric@profile`` picks another).
+    ``constraints``: ``{"latency_ms": 50}`` or ``["latency_ms<=50"]``. ``storage``: None for
+    ``runs/<name>/study.db`` (resumed when it exists), ``"memory"``, or an Optuna URL.
+    ``n_trials`` is the total the study should hold (completed or pruned); a resumed study
+    only runs what is missing.
+    """
+    space = load_space(space)
+    if isinstance(hardware, (str, Path, HardwareProfile)):
+        hardware = [hardware]
+    if not hardware:
+        raise ConfigError("argument", "hardware", hardware, "name at least one profile")
+    profiles = [load_profile(h) for h in hardware]
+    names = [p.name for p in profiles]
+    if len(set(names)) != len(names):
+        raise ConfigError("argument", "hardware", names, "a profile is named twice")
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
+        raise ConfigError("argument", "n_trials", n_trials, "must be an integer >= 1")
+    objs = [resolve_metric(o, names) for o in (objectives or DEFAULT_OBJECTIVES)]
+    if len(set(objs)) != len(objs):
+        raise ConfigError("argument", "objectives", objs, "an objective is named twice")
+    cons = parse_constraints(constraints, names)
+    task_obj = load_task(task or space.task)
+    name = check_study_name(name or space.name)
+    if storage is None:
+        folder = study_dir(name, runs_dir)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise ConfigError("argument", "runs_dir", str(runs_dir),
+                              f"cannot write the study folder: {e.strerror or e}") from None
+        storage_obj = optuna.storages.RDBStorage(storage_url(name, runs_dir),
+                                                 heartbeat_interval=10, grace_period=30)
+    elif storage == "memory":
+        storage_obj = optuna.storages.InMemoryStorage()
+    else:
+        storage_obj = storage
+    directions = ["maximize" if is_maximized(o) else "minimize" for o in objs]
+    attrs = _study_attrs(space, profiles, objs, cons, seed, task_obj)
+    study = _open_study(name, storage_obj, attrs, directions, make_sampler(sampler, seed))
+    fail_stale_running(study)
+    ctx = TrialContext(space, task_obj, profiles, objs, cons, seed)
+    run_study(study, ctx, n_trials, quiet, max_consecutive_failures)
+    return SearchResult(study)
+
+
+def _counted(study: optuna.Study) -> int:
+    return sum(1 for _ in study.get_trials(deepcopy=False,
+                                           states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def run_study(study: optuna.Study, ctx: TrialContext, n_trials: int, quiet: bool,
+              max_consecutive_failures: int) -> None:
+    """Run trials until the study holds ``n_trials`` completed / pruned ones. A trial that
+    raises is recorded as FAIL with its error and the study goes on; after
+    ``max_consecutive_failures`` failures in a row the search stops with their causes."""
+    import os
+    progress = _Progress(n_trials, quiet, ctx.objectives)
+    failures: list[str] = []
+
+    def objective(trial: optuna.Trial):
+        study._storage.set_trial_system_attr(trial._trial_id, "searchprune:pid", os.getpid())
+        try:
+            return run_trial(trial, ctx)
+        except optuna.TrialPruned:
+            raise
+        except Exception as e:
+            trial.set_user_attr("error", f"{type(e).__name__}: {e}")
+            raise
+
+    def watch_failures(study, trial):
+        if trial.state == TrialState.FAIL:
+            failures.append(trial.user_attrs.get("error", "unknown error"))
+            if len(failures) >= max_consecutive_failures:
+                study.stop()
+        elif trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            failures.clear()
+        if _counted(study) >= n_trials:
+            study.stop()
+
+    while _counted(study) < n_trials:
+        if len(failures) >= max_consecutive_failures:
+            causes = sorted(set(failures))
+            raise SearchpruneError(
+                f"stopped after {len(failures)} consecutive failed trials; causes: "
+                + " | ".join(causes[:5]))
+        study.optimize(objective, n_trials=n_trials - _counted(study), catch=(Exception,),
+                       callbacks=[watch_failures, progress])
+
+
+def load_study(name: str, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> SearchResult:
+    """Open a finished or running study by name (read only)."""
+    path = study_dir(name, runs_dir) / "study.db"
+    if not path.is_file():
+        known = [p.name for p in Path(runs_dir).glob("*") if (p / "study.db").is_file()]
+        raise UnknownNameError(f"study (no {path})", name, known)
+    storage = optuna.storages.RDBStorage(storage_url(name, runs_dir))
+    return SearchResult(optuna.load_study(study_name=name, storage=storage))
