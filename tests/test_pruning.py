@@ -104,3 +104,95 @@ def test_taylor_needs_data():
 def test_bad_prune_arguments(kwargs, fragment):
     with pytest.raises(SearchpruneError, match=fragment.replace("[", r"\[").replace(")", r"\)")):
         sp.prune(SmallNet(), example_inputs=X, **kwargs)
+
+
+def _digits_batches(digits, n=4, bs=64):
+    x, y = digits.tensors("train")
+    return [(x[i:i + bs], y[i:i + bs]) for i in range(0, n * bs, bs)]
+
+
+def test_activation_criterion_removes_dead_relu_channels_first(digits):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(8, 10))
+    with torch.no_grad():  # channels 2 and 6 never fire: weights 0, bias very negative
+        model[0].weight[[2, 6]] = 0.0
+        model[0].bias[[2, 6]] = -5.0
+        model[0].weight[[0, 1, 3, 4, 5, 7]] = model[0].weight[[0, 1, 3, 4, 5, 7]].abs() + 0.1
+        model[0].bias[[0, 1, 3, 4, 5, 7]] = 0.5
+    keep = model[0].weight[[0, 1, 3, 4, 5, 7]].clone()
+    sp.prune(model, {"0": 0.25}, criterion="activation", example_inputs=torch.zeros(1, 1, 8, 8),
+             data=_digits_batches(digits))
+    assert model[0].out_channels == 6 and torch.equal(model[0].weight, keep)
+
+
+@pytest.mark.parametrize("criterion", ["taylor", "hessian"])
+def test_gradient_criteria_spare_weights_the_loss_depends_on(digits, criterion):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+    x, _ = digits.tensors("train")
+    dead_pixels = (x.flatten(1).abs().sum(0) == 0).nonzero().flatten()  # always-zero inputs
+    assert len(dead_pixels) > 0
+    sp.prune(model, {"1": 0.3}, granularity="unstructured", criterion=criterion,
+             example_inputs=torch.zeros(1, 1, 8, 8), data=_digits_batches(digits))
+    # weights reading always-zero pixels get zero gradient, so they are pruned first
+    assert (model[1].weight[:, dead_pixels] == 0).all()
+
+
+@pytest.mark.parametrize("criterion", ["l2", "taylor", "hessian", "activation"])
+def test_every_criterion_prunes_structured(digits, criterion):
+    torch.manual_seed(0)
+    model = SmallNet()
+    sp.prune(model, 0.5, criterion=criterion, example_inputs=X, data=_digits_batches(digits))
+    assert model(X).shape == (4, 10) and model.pw[0].out_channels == 16
+
+
+def test_activation_is_not_an_unstructured_criterion(digits):
+    with pytest.raises(SearchpruneError, match="does not score single weights"):
+        sp.prune(SmallNet(), 0.5, granularity="unstructured", criterion="activation",
+                 example_inputs=X, data=_digits_batches(digits))
+
+
+def test_schedules_end_at_the_target():
+    from searchprune.pruning import schedule_ratios
+    g = schedule_ratios(0.875, 3, "geometric")
+    assert g == pytest.approx([0.5, 0.75, 0.875])  # halve what is left each step
+    c = schedule_ratios(0.8, 2, "cubic")
+    assert c == pytest.approx([0.8 * (1 - 0.125), 0.8])
+
+
+def test_iterative_structured_reaches_the_one_shot_widths():
+    from searchprune.pruning import prune_iteratively
+    calls = []
+    torch.manual_seed(0)
+    model = prune_iteratively(SmallNet(), 0.5, steps=3, finetune=lambda m, k: calls.append(k),
+                              example_inputs=X, round_to=1)
+    assert calls == [0, 1, 2]
+    assert model.pw[0].out_channels == 16 and model.stem[0].out_channels == 8
+
+
+def test_iterative_unstructured_exact_final_sparsity():
+    from searchprune.pruning import prune_iteratively
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    prune_iteratively(model, 0.9, steps=3, granularity="unstructured",
+                      example_inputs=torch.zeros(1, 1, 8, 8))
+    assert (model[1].weight == 0).sum().item() == round(0.9 * 2048)
+
+
+def test_lottery_ticket_rewinds_kept_weights(digits):
+    from searchprune.pruning import lottery_ticket
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    snapshots = []
+
+    def fake_train(m, epochs):  # records the weights each training run starts from
+        snapshots.append(m[1].weight.detach().clone())
+        train(m, digits, epochs=epochs, after_step=apply_masks)
+
+    lottery_ticket(model, 0.75, rounds=2, train=fake_train, epochs=2, rewind_epoch=1,
+                   example_inputs=torch.zeros(1, 1, 8, 8))
+    rewound_to = snapshots[1]  # the weights after the rewind epoch
+    for start in snapshots[2:]:  # each round restarts from the rewound values
+        kept = start != 0
+        assert torch.equal(start[kept], rewound_to[kept])
+    assert (model[1].weight == 0).sum().item() == round(0.75 * 2048)

@@ -128,3 +128,33 @@ def test_unwritable_runs_dir(tiny_space, tmp_path):
     with pytest.raises(ConfigError, match="cannot write the study folder"):
         sp.search(tiny_space, hardware=HW, n_trials=1, runs_dir=blocker / "runs", quiet=True)
     assert blocker.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("pruning", [
+    {"granularity": "structured", "criterion": "activation", "schedule": "iterative", "steps": 2,
+     "curve": "cubic", "distill": True, "ratio": 0.5},
+    {"granularity": "unstructured", "criterion": "hessian", "schedule": "lottery", "steps": 2,
+     "rewind_epoch": 1, "ratio": 0.6},
+    {"granularity": "2:4", "criterion": "l1", "ratio": 0.5},
+])
+def test_every_schedule_runs_in_a_trial(tmp_path, pruning):
+    import yaml
+    from conftest import TINY_SPACE
+    data = yaml.safe_load(TINY_SPACE)
+    data["pruning"] = pruning
+    data["training"]["epochs"] = 2
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(data))
+    result = sp.search(path, hardware=["stm32f746-tflm-cmsisnn"], n_trials=1, storage="memory",
+                       quiet=True)
+    t = result.study.trials[0]
+    assert t.state.name == "COMPLETE" and t.user_attrs["trained"], t.user_attrs.get("error")
+    ratios = t.user_attrs["achieved_ratios"]
+    if pruning["granularity"] == "structured":
+        assert all(0.3 <= r <= 0.6 for r in ratios.values())
+    elif pruning["granularity"] == "2:4":  # layers with < 4 inputs per group stay dense
+        nm = [r for r in ratios.values() if r > 0]
+        assert nm and all(r == pytest.approx(0.5, abs=0.02) for r in nm)
+    else:  # exact fraction of zeros per layer, after fine-tuning
+        assert all(r == pytest.approx(pruning["ratio"], abs=0.02) for r in ratios.values())
+    assert t.user_attrs["metrics"]["accuracy"] > 0.1

@@ -15,7 +15,8 @@ from .. import training
 from ..cost import estimate_graph
 from ..graph import trace
 from ..hardware import HardwareProfile
-from ..pruning import apply_masks, layer_widths, prunable_layers, prune, sparsity
+from ..pruning import (NEEDS_DATA, apply_masks, layer_widths, lottery_ticket, parse_nm,
+                       prunable_layers, prune, prune_iteratively, sparsity)
 from ..spaces import SearchSpace
 from ..training import Task
 from .metrics import COST_METRICS, Constraint
@@ -81,17 +82,50 @@ def sample_candidate(trial, ctx: TrialContext):
     example = torch.zeros(2, *ctx.task.input_shape)
     layers = prunable_layers(model, example, granularity)
     lo, hi = space.pruning.ratio_low, space.pruning.ratio_high
-    ratios = {name: (trial.suggest_float(f"ratio.{name}", lo, hi) if hi > lo else lo)
-              for name in layers}
+    nm = parse_nm(granularity)
+    if nm is not None:  # the pattern fixes the ratio: 1 - N/M of every group
+        ratios = {name: 1 - nm[0] / nm[1] for name in layers}
+    else:
+        ratios = {name: (trial.suggest_float(f"ratio.{name}", lo, hi) if hi > lo else lo)
+                  for name in layers}
     plan = {"granularity": granularity, "criterion": criterion, "ratios": ratios}
     return arch, plan, model
 
 
-def _prune_with(model: nn.Module, plan: dict, ctx: TrialContext, criterion: str, data=None):
-    round_to = max(p.runtime.channel_multiple for p in ctx.profiles)
-    example = torch.zeros(2, *ctx.task.input_shape)
-    return prune(model, plan["ratios"], plan["granularity"], criterion, example_inputs=example,
-                 data=data, round_to=round_to)
+def _prune_kwargs(plan: dict, ctx: TrialContext) -> dict:
+    return {"granularity": plan["granularity"], "example_inputs": torch.zeros(2, *ctx.task.input_shape),
+            "round_to": max(p.runtime.channel_multiple for p in ctx.profiles)}
+
+
+def train_and_prune(model: nn.Module, plan: dict, ctx: TrialContext, seed: int):
+    """Train, prune by the plan's schedule, fine-tune. Returns (model, dense accuracy or None)."""
+    tr, pr = ctx.space.training, ctx.space.pruning
+    kwargs = _prune_kwargs(plan, ctx)
+    data = _data_batches(ctx.task, tr.batch_size) if plan["criterion"] in NEEDS_DATA else None
+
+    def fit(m, epochs, s, lr=tr.lr, teacher=None):
+        ctx.train_fn(m, ctx.task, epochs, tr.batch_size, lr, s, after_step=apply_masks,
+                     teacher=teacher)
+
+    if pr.schedule == "lottery":
+        rounds = iter(range(10 ** 6))
+        model = lottery_ticket(model, plan["ratios"], pr.steps,
+                               lambda m, n: fit(m, n, seed + next(rounds)), tr.epochs,
+                               pr.rewind_epoch, **kwargs)
+        return model, None
+    fit(model, tr.epochs, seed)
+    dense_acc = ctx.evaluate_fn(model, ctx.task)
+    teacher = copy.deepcopy(model).eval() if pr.distill else None
+    steps = pr.steps if pr.schedule == "iterative" else 1
+    per_step = max(1, round(tr.finetune_epochs / steps)) if tr.finetune_epochs else 0
+
+    def finetune(m, k):
+        if per_step:
+            fit(m, per_step, seed + 1 + k, tr.lr / 2, teacher)
+
+    model = prune_iteratively(model, plan["ratios"], steps, pr.curve, finetune,
+                              criterion=plan["criterion"], data=data, **kwargs)
+    return model, dense_acc
 
 
 def run_trial(trial, ctx: TrialContext) -> list[float]:
@@ -109,32 +143,31 @@ def run_trial(trial, ctx: TrialContext) -> list[float]:
 
     # cost gate: the pruned shapes of the untrained model (magnitude pruning decides which
     # channels; how many, and so the cost, does not depend on the criterion)
-    gated = _prune_with(copy.deepcopy(model), plan, ctx, "l1")
+    gated = prune(copy.deepcopy(model), plan["ratios"], criterion="l1", **_prune_kwargs(plan, ctx))
     metrics, _ = cost_metrics(gated, ctx.task.input_shape, ctx.profiles)
     cons = hard_constraints(metrics, ctx)
     trial.set_user_attr("gate_seconds", time.perf_counter() - t0)
     if any(v > 0 for v in cons.values()):
         return _finish(trial, ctx, metrics, cons, accuracy=None, trained=False)
 
-    seed = ctx.seed + trial.number
-    tr = ctx.space.training
-    ctx.train_fn(model, ctx.task, tr.epochs, tr.batch_size, tr.lr, seed)
-    dense_acc = ctx.evaluate_fn(model, ctx.task)
-    data = _data_batches(ctx.task, tr.batch_size) if plan["criterion"] == "taylor" else None
-    model = _prune_with(model, plan, ctx, plan["criterion"], data)
-    if tr.finetune_epochs:
-        ctx.train_fn(model, ctx.task, tr.finetune_epochs, tr.batch_size, tr.lr / 2, seed + 1,
-                     after_step=apply_masks)
+    model, dense_acc = train_and_prune(model, plan, ctx, ctx.seed + trial.number)
     accuracy = ctx.evaluate_fn(model, ctx.task)
-    widths = layer_widths(model)
-    trial.set_user_attr("achieved_ratios", {n: 1 - widths[n] / widths_dense[n]
-                                            for n in plan["ratios"] if n in widths})
+    trial.set_user_attr("achieved_ratios", achieved_ratios(model, plan, widths_dense))
     trial.set_user_attr("sparsity", sparsity(model))
     trial.set_user_attr("dense_accuracy", dense_acc)
     metrics, _ = cost_metrics(model, ctx.task.input_shape, ctx.profiles)
     metrics["accuracy"] = accuracy
     cons = hard_constraints(metrics, ctx)
     return _finish(trial, ctx, metrics, cons, accuracy=accuracy, trained=True)
+
+
+def achieved_ratios(model: nn.Module, plan: dict, widths_dense: dict) -> dict[str, float]:
+    """Per layer: the fraction of output channels removed (structured) or of weights zeroed."""
+    if plan["granularity"] == "structured":
+        widths = layer_widths(model)
+        return {n: 1 - widths[n] / widths_dense[n] for n in plan["ratios"] if n in widths}
+    modules = dict(model.named_modules())
+    return {n: float((modules[n].weight == 0).float().mean()) for n in plan["ratios"]}
 
 
 def _finish(trial, ctx: TrialContext, metrics: dict, cons: dict, accuracy, trained: bool):

@@ -32,9 +32,11 @@ from ..errors import ConfigError, UnknownNameError
 from .families import FAMILIES, resolve_family
 
 BUNDLED_DIR = Path(__file__).resolve().parent.parent.parent / "search_spaces"
+from ..pruning.criteria import CRITERIA, UNSTRUCTURED_CRITERIA
+from ..pruning.schedules import CURVES
+
 GRANULARITIES = ("structured", "unstructured")
-CRITERIA = ("l1", "l2", "taylor")
-SCHEDULES = ("one_shot", "iterative")
+SCHEDULES = ("one_shot", "iterative", "lottery")
 
 
 @dataclass(frozen=True)
@@ -79,12 +81,20 @@ def is_valid_nm(text: str) -> bool:
 
 @dataclass(frozen=True)
 class PruningSpec:
+    """Per-layer ratio range, granularity and criterion (searchable), and how to prune:
+    ``one_shot``, ``iterative`` (``steps`` prune + fine-tune rounds on ``curve``) or
+    ``lottery`` (iterative magnitude pruning rewound to ``rewind_epoch``); ``distill`` uses the
+    trial's dense model as teacher while fine-tuning."""
+
     granularity: Param
     criterion: Param
     ratio_low: float
     ratio_high: float
     schedule: str = "one_shot"
     steps: int = 1
+    curve: str = "geometric"
+    distill: bool = False
+    rewind_epoch: int = 1
 
 
 @dataclass(frozen=True)
@@ -178,7 +188,8 @@ def space_from_dict(data: dict, source: str = "<dict>") -> SearchSpace:
                               "must name another arch parameter", f"known: {', '.join(arch)}")
     pr = cfg.mapping(data, "pruning", source)
     cfg.check_keys(pr, source, "pruning", required=["ratio"],
-                   optional=["granularity", "criterion", "schedule", "steps"])
+                   optional=["granularity", "criterion", "schedule", "steps", "curve", "distill",
+                             "rewind_epoch"])
     gran = _param("granularity", pr.get("granularity", "structured"), source, "pruning")
     for g in (gran.choices or (gran.value,)):
         if g not in GRANULARITIES and not is_valid_nm(g):
@@ -204,7 +215,20 @@ def space_from_dict(data: dict, source: str = "<dict>") -> SearchSpace:
     schedule = pr.get("schedule", "one_shot")
     if schedule not in SCHEDULES:
         raise ConfigError(source, "pruning.schedule", schedule, f"valid: {', '.join(SCHEDULES)}")
-    steps = cfg.number(pr, "steps", source, "pruning", integer=True, maximum=100, default=1)
+    steps = cfg.number(pr, "steps", source, "pruning", integer=True, maximum=100,
+                       default=1 if schedule == "one_shot" else 3)
+    curve = pr.get("curve", "geometric")
+    if curve not in CURVES:
+        raise ConfigError(source, "pruning.curve", curve, f"valid: {', '.join(CURVES)}")
+    grans = gran.choices or (gran.value,)
+    crits = crit.choices or (crit.value,)
+    if "activation" in crits and any(g != "structured" for g in grans):
+        raise ConfigError(source, "pruning.criterion", "activation",
+                          "scores channels, so it needs granularity: structured; for "
+                          f"unstructured / N:M use {', '.join(UNSTRUCTURED_CRITERIA)}")
+    if schedule == "lottery" and "structured" in grans:
+        raise ConfigError(source, "pruning.schedule", schedule,
+                          "lottery-ticket rewinding needs unstructured or N:M granularity")
     tr = cfg.mapping(data, "training", source)
     cfg.check_keys(tr, source, "training", required=["epochs"],
                    optional=["finetune_epochs", "batch_size", "lr"])
@@ -217,7 +241,11 @@ def space_from_dict(data: dict, source: str = "<dict>") -> SearchSpace:
         lr=cfg.number(tr, "lr", source, "training", maximum=10.0, default=0.01))
     return SearchSpace(name=cfg.string(data, "name", source), task=cfg.string(data, "task", source),
                        family=family, arch=arch,
-                       pruning=PruningSpec(gran, crit, lo, hi, schedule, steps),
+                       pruning=PruningSpec(
+                           gran, crit, lo, hi, schedule, steps, curve,
+                           cfg.boolean(pr, "distill", source, "pruning"),
+                           cfg.number(pr, "rewind_epoch", source, "pruning", integer=True,
+                                      allow_zero=True, maximum=10000, default=1)),
                        training=training, description=str(data.get("description", "")),
                        path=source)
 

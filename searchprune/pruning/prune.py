@@ -1,4 +1,4 @@
-"""Pruning: structured (channels removed, dependency-aware), unstructured and N:M (masks).
+"""The prune entry point: structured (channels removed, dependency-aware), unstructured and N:M (masks).
 
 Structured pruning uses torch-pruning's DependencyGraph, so residual adds, depthwise convs,
 BatchNorm, concat and the Linear after a flatten stay consistent; the classifier's outputs
@@ -14,9 +14,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch_pruning as tp
 
-from .errors import SearchpruneError
+from ..errors import SearchpruneError
+from .criteria import (CRITERIA, NEEDS_DATA, ChannelScoreImportance, channel_scores,
+                       gradient_stats, weight_scores)
 
-CRITERIA = ("l1", "l2", "taylor")
 MASKS_ATTR = "searchprune_masks"
 _WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
@@ -92,47 +93,30 @@ def _ratio_dict(model, ratios, example_inputs, granularity) -> dict[str, float]:
     return {k: r for k in layers}
 
 
-def _accumulate_gradients(model: nn.Module, data: Iterable | None, criterion: str) -> None:
-    if data is None:
-        raise SearchpruneError(f"criterion {criterion!r} needs data=batches of (x, y)")
-    model.zero_grad()
-    model.train()
-    n = 0
-    for xb, yb in data:
-        F.cross_entropy(model(xb), yb).backward()
-        n += 1
-    model.eval()
-    if n == 0:
-        raise SearchpruneError(f"criterion {criterion!r} got no batches in data")
-
-
 def _structured(model, ratio_dict, criterion, example_inputs, data, round_to) -> nn.Module:
     modules = dict(model.named_modules())
-    importance = {"l1": tp.importance.MagnitudeImportance(p=1),
-                  "l2": tp.importance.MagnitudeImportance(p=2),
-                  "taylor": tp.importance.TaylorImportance()}[criterion]
-    ignored = [modules[classifier_name(model, example_inputs)]]
     per_module = {modules[k]: v for k, v in ratio_dict.items() if v > 0}
     if not per_module:
         return model
+    if criterion in ("l1", "l2"):
+        importance = tp.importance.MagnitudeImportance(p=1 if criterion == "l1" else 2)
+    elif criterion == "taylor":
+        importance = tp.importance.TaylorImportance()
+    else:
+        importance = ChannelScoreImportance(channel_scores(model, list(ratio_dict), criterion,
+                                                           data))
+    ignored = [modules[classifier_name(model, example_inputs)]]
     pruner = tp.pruner.MetaPruner(model, example_inputs, importance=importance, pruning_ratio=0.0,
                                   pruning_ratio_dict=per_module, ignored_layers=ignored,
                                   round_to=round_to if round_to and round_to > 1 else None)
     if criterion == "taylor":
-        _accumulate_gradients(model, data, criterion)
+        stats = gradient_stats(model, data, criterion)  # TaylorImportance reads .grad
+        for n, m in modules.items():
+            if n in stats:
+                m.weight.grad = stats[n]
     pruner.step()
     model.zero_grad()
     return model
-
-
-def _scores(weight: torch.Tensor, criterion: str) -> torch.Tensor:
-    if criterion == "l1":
-        return weight.abs()
-    if criterion == "l2":
-        return weight.pow(2)
-    if weight.grad is None:
-        raise SearchpruneError("taylor criterion: no gradients were accumulated")
-    return (weight * weight.grad).abs()
 
 
 def _nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -150,12 +134,11 @@ def _nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
 
 def _masked(model, ratio_dict, criterion, data, nm) -> nn.Module:
     modules = dict(model.named_modules())
-    if criterion == "taylor":
-        _accumulate_gradients(model, data, criterion)
+    stats = gradient_stats(model, data, criterion) if criterion in NEEDS_DATA else {}
     masks = dict(getattr(model, MASKS_ATTR, {}) or {})
     for name, r in ratio_dict.items():
         w = modules[name].weight
-        scores = _scores(w.detach() if criterion != "taylor" else w, criterion).detach()
+        scores = weight_scores(w, criterion, stats.get(name))
         if name in masks:  # already-pruned weights stay pruned
             scores = torch.where(masks[name], scores, torch.full_like(scores, -1.0))
         if nm is not None:
@@ -169,7 +152,6 @@ def _masked(model, ratio_dict, criterion, data, nm) -> nn.Module:
         masks[name] = mask if name not in masks else masks[name] & mask
     setattr(model, MASKS_ATTR, masks)
     apply_masks(model)
-    model.zero_grad()
     return model
 
 
@@ -191,7 +173,8 @@ def prune(model: nn.Module, ratios: float | Mapping[str, float], granularity: st
 
     ``ratios``: one fraction for every prunable layer, or ``{layer_name: fraction}``.
     ``granularity``: ``"structured"`` (channels removed), ``"unstructured"`` or ``"N:M"``.
-    ``criterion``: ``"l1"``, ``"l2"`` or ``"taylor"`` (needs ``data``: batches of (x, y)).
+    ``criterion``: ``"l1"``, ``"l2"``, ``"taylor"``, ``"hessian"`` or ``"activation"``
+    (structured only); the last three need ``data``: batches of (x, y).
     ``round_to``: structured channel counts stay multiples of this (the runtime's vector width).
 
     >>> import torch, torch.nn as nn
@@ -202,6 +185,8 @@ def prune(model: nn.Module, ratios: float | Mapping[str, float], granularity: st
     """
     if criterion not in CRITERIA:
         raise SearchpruneError(f"criterion {criterion!r}: valid: {', '.join(CRITERIA)}")
+    if criterion in NEEDS_DATA and data is None:
+        raise SearchpruneError(f"criterion {criterion!r} needs data=batches of (x, y)")
     nm = parse_nm(granularity)
     if nm is None and granularity not in ("structured", "unstructured"):
         raise SearchpruneError(f"granularity {granularity!r}: valid: structured, unstructured, N:M")
