@@ -27,7 +27,11 @@ def cmd_search(a) -> None:
     from .search import search
     result = search(a.space, hardware=a.hw, n_trials=a.trials, seed=a.seed,
                     objectives=a.objective or None, constraints=a.constraint or None,
-                    sampler=a.sampler, name=a.name, runs_dir=a.runs_dir, quiet=a.quiet)
+                    sampler=a.sampler, name=a.name, runs_dir=a.runs_dir, quiet=a.quiet,
+                    backend=a.backend, workers=a.workers, ray_address=a.ray_address,
+                    cpus_per_trial=a.cpus_per_trial, gpus_per_trial=a.gpus_per_trial,
+                    max_retries=a.max_retries, early_stop=a.early_stop,
+                    max_consecutive_failures=a.max_failures)
     _print_front(result, None)
 
 
@@ -137,6 +141,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--constraint", action="append", metavar="EXPR",
                    help="extra hard constraint, e.g. latency_ms<=50 or accuracy>=0.9 (repeat)")
     s.add_argument("--sampler", default="nsga2", choices=["nsga2", "tpe", "random"])
+    s.add_argument("--backend", default="optuna", choices=["optuna", "ray"],
+                   help="optuna: this machine (default); ray: a Ray cluster via Ray Tune")
+    s.add_argument("--workers", type=int, default=1,
+                   help="trials run at once (processes on one study, or Ray concurrency)")
+    s.add_argument("--ray-address", help="join this Ray cluster ('auto' for the local one); "
+                   "default: start a local Ray")
+    s.add_argument("--cpus-per-trial", type=float, default=1.0)
+    s.add_argument("--gpus-per-trial", type=float, default=0.0)
+    s.add_argument("--max-retries", type=int, default=2,
+                   help="Ray: retries of a trial whose worker died (default 2)")
+    s.add_argument("--early-stop", type=float, metavar="MARGIN",
+                   help="stop a trial whose epoch-1 accuracy is MARGIN below a front member "
+                   "that costs no more (e.g. 0.1); off by default")
+    s.add_argument("--max-failures", type=int, default=10,
+                   help="stop after this many failed trials in a row (default 10)")
     s.add_argument("--runs-dir", default="runs", help="where studies live (default runs/)")
     s.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
     s.set_defaults(fn=cmd_search)

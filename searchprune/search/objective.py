@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import optuna
 import torch
 import torch.nn as nn
 
@@ -34,6 +35,9 @@ class TrialContext:
     seed: int = 0
     train_fn: Callable = training.train
     evaluate_fn: Callable = training.evaluate
+    early_stop_margin: float | None = None  # stop a trial whose epoch-1 accuracy trails a
+                                            # cheaper front member by more than this
+    completed: Callable | None = None       # () -> completed FrozenTrials (Ray: from storage)
 
     @property
     def profile_names(self) -> list[str]:
@@ -97,8 +101,33 @@ def _prune_kwargs(plan: dict, ctx: TrialContext) -> dict:
             "round_to": max(p.runtime.channel_multiple for p in ctx.profiles)}
 
 
-def train_and_prune(model: nn.Module, plan: dict, ctx: TrialContext, seed: int):
-    """Train, prune by the plan's schedule, fine-tune. Returns (model, dense accuracy or None)."""
+class EarlyStopped(Exception):
+    """The trial's first-epoch accuracy is clearly dominated by a cheaper front member."""
+
+    def __init__(self, by: int, accuracy: float):
+        super().__init__(f"dominated after epoch 1 by trial {by} (accuracy {accuracy:.4f})")
+        self.by, self.accuracy = by, accuracy
+
+
+def dominating_trial(accuracy: float, costs: dict, ctx: TrialContext, completed) -> int | None:
+    """A completed, feasible, trained trial at least ``early_stop_margin`` more accurate
+    than ``accuracy`` and no more costly on any cost objective; None if there is none."""
+    cost_objs = [o for o in ctx.objectives if o != "accuracy" and o in costs]
+    for t in completed:
+        a = t.user_attrs
+        if not (a.get("feasible") and a.get("trained")):
+            continue
+        m = a["metrics"]
+        if m["accuracy"] >= accuracy + ctx.early_stop_margin and \
+                all(m[o] <= costs[o] for o in cost_objs):
+            return t.number
+    return None
+
+
+def train_and_prune(model: nn.Module, plan: dict, ctx: TrialContext, seed: int,
+                    on_epoch: Callable | None = None):
+    """Train, prune by the plan's schedule, fine-tune. Returns (model, dense accuracy or None).
+    ``on_epoch(epoch, model)`` watches the dense training (early stopping raises from it)."""
     tr, pr = ctx.space.training, ctx.space.pruning
     kwargs = _prune_kwargs(plan, ctx)
     data = _data_batches(ctx.task, tr.batch_size) if plan["criterion"] in NEEDS_DATA else None
@@ -113,7 +142,7 @@ def train_and_prune(model: nn.Module, plan: dict, ctx: TrialContext, seed: int):
                                lambda m, n: fit(m, n, seed + next(rounds)), tr.epochs,
                                pr.rewind_epoch, **kwargs)
         return model, None
-    fit(model, tr.epochs, seed)
+    ctx.train_fn(model, ctx.task, tr.epochs, tr.batch_size, tr.lr, seed, on_epoch=on_epoch)
     dense_acc = ctx.evaluate_fn(model, ctx.task)
     teacher = copy.deepcopy(model).eval() if pr.distill else None
     steps = pr.steps if pr.schedule == "iterative" else 1
@@ -147,10 +176,28 @@ def run_trial(trial, ctx: TrialContext) -> list[float]:
     metrics, _ = cost_metrics(gated, ctx.task.input_shape, ctx.profiles)
     cons = hard_constraints(metrics, ctx)
     trial.set_user_attr("gate_seconds", time.perf_counter() - t0)
+    trial.set_user_attr("gate_rejected", any(v > 0 for v in cons.values()))
     if any(v > 0 for v in cons.values()):
         return _finish(trial, ctx, metrics, cons, accuracy=None, trained=False)
 
-    model, dense_acc = train_and_prune(model, plan, ctx, ctx.seed + trial.number)
+    on_epoch = None
+    if ctx.early_stop_margin is not None and ctx.space.training.epochs > 1:
+        completed = ctx.completed() if ctx.completed else trial.study.get_trials(
+            deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+
+        def on_epoch(epoch, m):
+            if epoch == 0:
+                acc = ctx.evaluate_fn(m, ctx.task)
+                by = dominating_trial(acc, metrics, ctx, completed)
+                if by is not None:
+                    raise EarlyStopped(by, acc)
+    try:
+        model, dense_acc = train_and_prune(model, plan, ctx, ctx.seed + trial.number, on_epoch)
+    except EarlyStopped as e:
+        trial.set_user_attr("early_stopped_by", e.by)
+        trial.set_user_attr("epoch1_accuracy", e.accuracy)
+        _finish(trial, ctx, metrics, cons, accuracy=None, trained=False)
+        raise optuna.TrialPruned(str(e)) from None
     accuracy = ctx.evaluate_fn(model, ctx.task)
     trial.set_user_attr("achieved_ratios", achieved_ratios(model, plan, widths_dense))
     trial.set_user_attr("sparsity", sparsity(model))
@@ -158,6 +205,7 @@ def run_trial(trial, ctx: TrialContext) -> list[float]:
     metrics, _ = cost_metrics(model, ctx.task.input_shape, ctx.profiles)
     metrics["accuracy"] = accuracy
     cons = hard_constraints(metrics, ctx)
+    trial.set_user_attr("train_seconds", time.perf_counter() - t0)
     return _finish(trial, ctx, metrics, cons, accuracy=accuracy, trained=True)
 
 

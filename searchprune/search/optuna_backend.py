@@ -1,7 +1,10 @@
 """The embedded default orchestrator: an Optuna multi-objective study in SQLite."""
 from __future__ import annotations
 
+import multiprocessing
+import os
 import re
+import socket
 import sys
 import time
 import warnings
@@ -82,20 +85,34 @@ def _open_study(name: str, storage, attrs: dict, directions: list[str], sampler)
     return study
 
 
-def fail_stale_running(study: optuna.Study) -> int:
-    """Trials left RUNNING by a killed process become FAIL (their budget is re-spent)."""
-    stale = optuna.storages.fail_stale_trials
-    n = 0
+def _pid_alive(pid: int) -> bool:
     try:
-        stale(study)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_stale_running(study: optuna.Study) -> int:
+    """Trials left RUNNING by a dead process become FAIL, so their budget is re-spent: a
+    process of this machine that no longer exists, or (any machine) a trial whose heartbeat
+    stopped longer ago than the storage's grace period."""
+    storage = study._storage
+    try:
+        optuna.storages.fail_stale_trials(study)
     except Exception:  # storages without heartbeat support
         pass
+    n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if study._storage.get_trial_system_attrs(t._trial_id).get("searchprune:pid") is None:
+        owner = storage.get_trial_system_attrs(t._trial_id)
+        pid, host = owner.get("searchprune:pid"), owner.get("searchprune:host")
+        if pid is None or host != socket.gethostname() or _pid_alive(pid):
             continue
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        study._storage.set_trial_user_attr(t._trial_id, "error",
-                                           "interrupted: the search process died during this trial")
+        storage.set_trial_user_attr(t._trial_id, "error",
+                                    "interrupted: the search process died during this trial")
+        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         n += 1
     return n
 
@@ -134,7 +151,10 @@ def search(space: str | Path | SearchSpace, hardware: Sequence[str | HardwarePro
            constraints=None, sampler: str = "nsga2", name: str | None = None,
            storage: str | None = None, task: str | Task | None = None,
            runs_dir: str | Path = DEFAULT_RUNS_DIR, quiet: bool = False,
-           max_consecutive_failures: int = 10) -> SearchResult:
+           max_consecutive_failures: int = 10, backend: str = "optuna", workers: int = 1,
+           early_stop: float | None = None, ray_address: str | None = None,
+           cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0,
+           max_retries: int = 2, _worker_index: int = 0) -> SearchResult:
     """Run (or resume) a multi-objective search and return its :class:`SearchResult`.
 
     ``hardware``: bundled profile names or YAML paths; costs are recorded on all of them and
@@ -143,7 +163,13 @@ def search(space: str | Path | SearchSpace, hardware: Sequence[str | HardwarePro
     ``constraints``: ``{"latency_ms": 50}`` or ``["latency_ms<=50"]``. ``storage``: None for
     ``runs/<name>/study.db`` (resumed when it exists), ``"memory"``, or an Optuna URL.
     ``n_trials`` is the total the study should hold (completed or pruned); a resumed study
-    only runs what is missing.
+    only runs what is missing. ``sampler``: ``"nsga2"`` (default), ``"tpe"``, ``"random"``.
+
+    ``backend="optuna"`` runs here, with ``workers`` processes sharing the SQLite study;
+    ``backend="ray"`` runs the same trials on Ray Tune (``ray_address`` joins a cluster,
+    default a local Ray; ``cpus_per_trial`` / ``gpus_per_trial``; a trial whose worker dies is
+    retried up to ``max_retries`` times). ``early_stop=0.1`` stops a trial whose accuracy after
+    its first epoch is 0.1 below a front member that costs no more (recorded as PRUNED).
     """
     space = load_space(space)
     if isinstance(hardware, (str, Path, HardwareProfile)):
@@ -162,6 +188,16 @@ def search(space: str | Path | SearchSpace, hardware: Sequence[str | HardwarePro
     cons = parse_constraints(constraints, names)
     task_obj = load_task(task or space.task)
     name = check_study_name(name or space.name)
+    if backend not in ("optuna", "ray"):
+        raise UnknownNameError("backend", backend, ["optuna", "ray"])
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError("argument", "workers", workers, "must be an integer >= 1")
+    if early_stop is not None and not (isinstance(early_stop, (int, float)) and 0 <= early_stop < 1):
+        raise ConfigError("argument", "early_stop", early_stop,
+                          "is an accuracy margin in [0, 1), e.g. 0.1")
+    if workers > 1 and storage is not None:
+        raise ConfigError("argument", "storage", storage,
+                          "several workers share the default runs/<name>/study.db only")
     if storage is None:
         folder = study_dir(name, runs_dir)
         try:
@@ -172,19 +208,60 @@ def search(space: str | Path | SearchSpace, hardware: Sequence[str | HardwarePro
         except OSError as e:
             raise ConfigError("argument", "runs_dir", str(runs_dir),
                               f"cannot write the study folder: {e.strerror or e}") from None
-        storage_obj = optuna.storages.RDBStorage(storage_url(name, runs_dir),
-                                                 heartbeat_interval=10, grace_period=30)
+        storage_obj = optuna.storages.RDBStorage(
+            storage_url(name, runs_dir), heartbeat_interval=10, grace_period=30,
+            engine_kwargs={"connect_args": {"timeout": 60}})
     elif storage == "memory":
         storage_obj = optuna.storages.InMemoryStorage()
     else:
         storage_obj = storage
     directions = ["maximize" if is_maximized(o) else "minimize" for o in objs]
     attrs = _study_attrs(space, profiles, objs, cons, seed, task_obj)
-    study = _open_study(name, storage_obj, attrs, directions, make_sampler(sampler, seed))
+    sampler_seed = seed + _worker_index  # workers must not replay each other's candidates
+    if backend == "ray" and sampler == "nsga2":
+        # Optuna's NSGA-II holds a thread lock that Tune cannot pickle
+        if not quiet:
+            print("searchprune: the Ray backend uses TPE (Tune cannot pickle NSGA-II)",
+                  file=sys.stderr)
+        sampler = "tpe"
+    study = _open_study(name, storage_obj, attrs, directions, make_sampler(sampler, sampler_seed))
     fail_stale_running(study)
-    ctx = TrialContext(space, task_obj, profiles, objs, cons, seed)
-    run_study(study, ctx, n_trials, quiet, max_consecutive_failures)
+    ctx = TrialContext(space, task_obj, profiles, objs, cons, seed, early_stop_margin=early_stop)
+    if backend == "ray":
+        from .ray_backend import run_ray
+        run_ray(study, ctx, n_trials, study.sampler, workers, ray_address, cpus_per_trial,
+                gpus_per_trial, max_retries, quiet)
+        return SearchResult(study)
+    procs = []
+    if workers > 1:
+        spawn = multiprocessing.get_context("spawn")
+        kwargs = dict(space=str(space.path or space.name), hardware=[p.path or p.name for p in
+                                                                     profiles],
+                      n_trials=n_trials, seed=seed, objectives=objs,
+                      constraints=[str(c) for c in cons], sampler=sampler, name=name,
+                      task=task if isinstance(task, str) else None, runs_dir=str(runs_dir),
+                      quiet=True, max_consecutive_failures=max_consecutive_failures,
+                      early_stop=early_stop)
+        if isinstance(task, Task):
+            raise ConfigError("argument", "workers", workers,
+                              "several worker processes need a named task, not a Task object")
+        for i in range(1, workers):
+            proc = spawn.Process(target=_worker, args=(kwargs, i), daemon=True)
+            proc.start()
+            procs.append(proc)
+    try:
+        run_study(study, ctx, n_trials, quiet, max_consecutive_failures)
+    finally:
+        for proc in procs:
+            proc.join()
     return SearchResult(study)
+
+
+def _worker(kwargs: dict, index: int) -> None:
+    """One extra worker process of an Optuna-backend search (same study, own sampler seed)."""
+    import torch
+    torch.set_num_threads(1)
+    search(**kwargs, _worker_index=index)
 
 
 def _counted(study: optuna.Study) -> int:
@@ -197,12 +274,13 @@ def run_study(study: optuna.Study, ctx: TrialContext, n_trials: int, quiet: bool
     """Run trials until the study holds ``n_trials`` completed / pruned ones. A trial that
     raises is recorded as FAIL with its error and the study goes on; after
     ``max_consecutive_failures`` failures in a row the search stops with their causes."""
-    import os
     progress = _Progress(n_trials, quiet, ctx.objectives)
     failures: list[str] = []
 
     def objective(trial: optuna.Trial):
         study._storage.set_trial_system_attr(trial._trial_id, "searchprune:pid", os.getpid())
+        study._storage.set_trial_system_attr(trial._trial_id, "searchprune:host",
+                                             socket.gethostname())
         try:
             return run_trial(trial, ctx)
         except optuna.TrialPruned:

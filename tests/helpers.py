@@ -1,0 +1,32 @@
+"""Model families used by the tests (a space YAML names them as ``helpers:<function>``)."""
+import os
+from pathlib import Path
+
+import torch.nn as nn
+
+from searchprune.spaces.families import plain
+
+
+def broken(params, input_shape, num_classes):
+    """Always fails: a builder bug or an impossible combination."""
+    raise ValueError(f"cannot build width {params['width']}")
+
+
+def flaky(params, input_shape, num_classes):
+    """Fails for one width only; the others build a small plain net."""
+    if params["width"] == 16:
+        raise RuntimeError("shape mismatch for width 16")
+    return plain({"n_blocks": 1, "channels": [params["width"]], "block": ["conv"],
+                  "kernel_size": 3}, input_shape, num_classes)
+
+
+def dies_once_in_ray_worker(params, input_shape, num_classes):
+    """Kills its own process the first time it is built inside a Ray worker."""
+    marker = Path(os.environ["SEARCHPRUNE_TEST_MARKER"])
+    import ray
+    in_worker = ray.is_initialized() and ray.get_runtime_context().worker.mode == 1
+    if in_worker and not marker.exists():
+        marker.write_text("died")
+        os._exit(1)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, params["width"]), nn.ReLU(),
+                         nn.Linear(params["width"], num_classes))
