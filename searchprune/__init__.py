@@ -12,7 +12,8 @@ from .cost import CostReport, estimate
 from .errors import ConfigError, SearchpruneError, UnknownNameError, UnsupportedOpError
 from .hardware import HardwareProfile, list_profiles, load_profile
 from .pruning import prune, sparsity
-from .search import SearchResult, hypervolume, load_study, non_dominated, search
+from .search import (SearchResult, hypervolume, load_study, non_dominated, search,
+                     search_pruning)
 from .spaces import SearchSpace, list_spaces, load_space
 from .training import Task, digits_task
 
@@ -20,5 +21,5 @@ __all__ = ["ConfigError", "CostReport", "HardwareProfile", "SearchResult", "Sear
            "SearchpruneError", "Task", "UnknownNameError", "UnsupportedOpError", "calibrate",
            "digits_task", "estimate", "hardware", "hypervolume", "list_profiles", "list_spaces",
            "load_profile", "load_space", "load_study", "non_dominated", "prune", "search",
-           "sparsity"]
+           "search_pruning", "sparsity"]
 __version__ = "0.1.0"

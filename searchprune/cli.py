@@ -23,16 +23,63 @@ def _pd_print(df) -> None:
         print(df.to_string(index=False))
 
 
+def load_user_model(spec: str, weights: str | None):
+    """``pkg.module:factory`` -> nn.Module, with a state dict loaded from ``weights``
+    (``torch.load(weights_only=True)``: tensors only, no code runs from the file)."""
+    import torch
+    from .calibration import resolve_model
+    out = resolve_model(spec)()
+    model = out[0] if isinstance(out, tuple) else out
+    if weights:
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise SearchpruneError(f"{weights}: cannot be loaded as a state dict of tensors: "
+                                   f"{e}") from None
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        try:
+            model.load_state_dict(state)
+        except (RuntimeError, TypeError) as e:
+            raise SearchpruneError(f"{weights}: does not fit {spec}: "
+                                   f"{str(e).splitlines()[0]}") from None
+    return model
+
+
 def cmd_search(a) -> None:
-    from .search import search
-    result = search(a.space, hardware=a.hw, n_trials=a.trials, seed=a.seed,
-                    objectives=a.objective or None, constraints=a.constraint or None,
-                    sampler=a.sampler, name=a.name, runs_dir=a.runs_dir, quiet=a.quiet,
-                    backend=a.backend, workers=a.workers, ray_address=a.ray_address,
-                    cpus_per_trial=a.cpus_per_trial, gpus_per_trial=a.gpus_per_trial,
-                    max_retries=a.max_retries, early_stop=a.early_stop,
-                    max_consecutive_failures=a.max_failures)
+    from .search import search, search_pruning
+    common = dict(hardware=a.hw, n_trials=a.trials, seed=a.seed,
+                  objectives=a.objective or None, constraints=a.constraint or None,
+                  sampler=a.sampler, runs_dir=a.runs_dir, quiet=a.quiet,
+                  early_stop=a.early_stop, max_consecutive_failures=a.max_failures)
+    if a.model:
+        if a.space:
+            raise SearchpruneError("give --space (architecture search) or --model (pruning "
+                                   "search of a trained model), not both")
+        if not a.data:
+            raise SearchpruneError("--model needs --data file.npz (or --data digits)")
+        lo, hi = _parse_floats(a.ratio_range, "--ratio-range", 2)
+        result = search_pruning(load_user_model(a.model, a.weights), a.data,
+                                ratio_range=(lo, hi), criteria=a.criteria.split(","),
+                                granularity=a.granularity, name=a.name, **common)
+        _print_front(result, None)
+        return
+    if not a.space:
+        raise SearchpruneError("search needs --space (or --model for a pruning search)")
+    result = search(a.space, task=a.data, name=a.name, backend=a.backend, workers=a.workers,
+                    ray_address=a.ray_address, cpus_per_trial=a.cpus_per_trial,
+                    gpus_per_trial=a.gpus_per_trial, max_retries=a.max_retries, **common)
     _print_front(result, None)
+
+
+def _parse_floats(text: str, flag: str, n: int) -> list[float]:
+    try:
+        vals = [float(v) for v in text.split(",")]
+    except ValueError:
+        vals = []
+    if len(vals) != n:
+        raise SearchpruneError(f"argument {flag} = {text!r}: expected {n} comma-separated numbers")
+    return vals
 
 
 def _print_front(result, profile) -> None:
@@ -129,7 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run (or resume, with the same --name) a multi-objective "
                        "search: every candidate is costed on every --hw profile, candidates "
                        "that do not fit are rejected before training.")
-    s.add_argument("--space", required=True, help="bundled space name or a YAML path")
+    s.add_argument("--space", help="bundled space name or a YAML path")
+    s.add_argument("--data", metavar="TASK", help="task: 'digits' or a .npz with x_train, "
+                   "y_train, x_test, y_test (default: the space's task)")
+    s.add_argument("--model", metavar="PKG.MODULE:FACTORY",
+                   help="pruning-only search of this trained model (instead of --space)")
+    s.add_argument("--weights", metavar="PATH", help="state dict for --model (torch.save)")
+    s.add_argument("--ratio-range", default="0,0.8", help="--model: per-layer ratio range")
+    s.add_argument("--criteria", default="l1,taylor", help="--model: criteria to search")
+    s.add_argument("--granularity", default="structured", help="--model: structured, "
+                   "unstructured or N:M")
     s.add_argument("--hw", action="append", required=True, metavar="PROFILE",
                    help="bundled profile name or YAML path (repeat for several MCUs)")
     s.add_argument("--trials", type=int, default=30, help="total trials of the study (default 30)")

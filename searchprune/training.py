@@ -41,6 +41,57 @@ class Task:
             raise SearchpruneError(f"Task: test samples have shape {tuple(xt.shape)} but train "
                                    f"samples {shape}")
         self._tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._resized: dict[tuple, Task] = {}
+
+    def resized(self, size: tuple[int, int]) -> "Task":
+        """This task with images bilinearly resized to ``size`` (H, W); cached."""
+        size = tuple(int(v) for v in size)
+        if size not in self._resized:
+            def resize(x):
+                return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            (xtr, ytr), (xte, yte) = self.tensors("train"), self.tensors("test")
+            self._resized[size] = Task((resize(xtr), ytr), (resize(xte), yte), self.num_classes,
+                                       name=f"{self.name}@{size[0]}x{size[1]}")
+        return self._resized[size]
+
+    @classmethod
+    def from_npz(cls, path, num_classes: int | None = None) -> "Task":
+        """A task from an .npz file with arrays ``x_train``, ``y_train``, ``x_test``, ``y_test``
+        (images as N x C x H x W or N x H x W, tabular as N x F; integer labels)."""
+        from pathlib import Path
+        src = str(path)
+        try:
+            data = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise SearchpruneError(f"{src}: cannot be read as .npz: {e}") from None
+        arrays = {}
+        for key in ("x_train", "y_train", "x_test", "y_test"):
+            if key not in data.files:
+                raise SearchpruneError(f"{src}: array {key!r} is missing (found: "
+                                       f"{', '.join(data.files) or 'none'})")
+            arrays[key] = data[key]
+        for split in ("train", "test"):
+            x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+            if len(x) != len(y):
+                raise SearchpruneError(f"{src}: x_{split} has {len(x)} samples but y_{split} "
+                                       f"has {len(y)} labels")
+            if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+                raise SearchpruneError(f"{src}: y_{split} must be a 1-D integer array, got "
+                                       f"shape {y.shape} dtype {y.dtype}")
+        if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
+            raise SearchpruneError(f"{src}: x_train samples have shape "
+                                   f"{arrays['x_train'].shape[1:]} but x_test samples "
+                                   f"{arrays['x_test'].shape[1:]}")
+        xs = {k: arrays[k][:, None] if arrays[k].ndim == 3 else arrays[k]
+              for k in ("x_train", "x_test")}
+        labels = np.concatenate([arrays["y_train"], arrays["y_test"]])
+        n = int(num_classes or labels.max() + 1)
+        if labels.min() < 0 or labels.max() >= n:
+            raise SearchpruneError(f"{src}: labels must be in [0, {n}), found "
+                                   f"{labels.min()}..{labels.max()}")
+        return cls((xs["x_train"].astype(np.float32), arrays["y_train"].astype(np.int64)),
+                   (xs["x_test"].astype(np.float32), arrays["y_test"].astype(np.int64)),
+                   num_classes=n, name=Path(src).stem)
 
     def tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The whole split as (x float32, y int64) tensors, cached."""
@@ -91,8 +142,11 @@ TASKS: dict[str, Callable[[], Task]] = {"digits": digits_task}
 
 
 def load_task(name: str | Task) -> Task:
+    """A bundled task by name (``digits``), a ``.npz`` file path, or a Task as is."""
     if isinstance(name, Task):
         return name
+    if str(name).endswith(".npz"):
+        return Task.from_npz(name)
     if name not in TASKS:
         raise UnknownNameError("task", name, TASKS)
     return TASKS[name]()

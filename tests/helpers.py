@@ -30,3 +30,17 @@ def dies_once_in_ray_worker(params, input_shape, num_classes):
         os._exit(1)
     return nn.Sequential(nn.Flatten(), nn.Linear(64, params["width"]), nn.ReLU(),
                          nn.Linear(params["width"], num_classes))
+
+
+def tiny_cnn(params, input_shape, num_classes):
+    """A user's own family: conv(width) -> global pool -> linear."""
+    return nn.Sequential(nn.Conv2d(input_shape[0], params["width"], 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(params["width"], num_classes))
+
+
+def trained_factory():
+    """The model class a user would name with --model for a pruning search."""
+    from searchprune.spaces.families import plain
+    return plain({"n_blocks": 2, "channels": [32, 64], "block": ["conv", "dwsep"],
+                  "kernel_size": 3}, (1, 8, 8), 10)

@@ -17,16 +17,6 @@ def test_bundled_spaces_load():
     assert {"conv", "dwsep"} <= blocks  # standard and depthwise-separable convolutions
 
 
-@pytest.mark.parametrize("which", ["min", "max"])
-def test_extreme_candidates_build_run_and_estimate(which):
-    s = sp.load_space("digits_plain")
-    arch = s.extreme(which)
-    model = s.build(arch, (1, 8, 8), 10)
-    assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
-    report = sp.estimate(model, (1, 1, 8, 8), "stm32f746-tflm-cmsisnn")
-    assert report.macs > 0 and report.flash_bytes > 0
-
-
 def test_sampling_is_define_by_run_with_per_block_params():
     s = sp.load_space("digits_plain")
     trial = optuna.trial.FixedTrial({"n_blocks": 2, "kernel_size": 3, "channels_0": 16,

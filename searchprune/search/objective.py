@@ -4,6 +4,7 @@ calls the very same function through Tune's OptunaSearch trial."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -43,6 +44,13 @@ class TrialContext:
     def profile_names(self) -> list[str]:
         return [p.name for p in self.profiles]
 
+    def for_arch(self, arch: dict) -> "TrialContext":
+        """This context with the task resized to the architecture's input resolution."""
+        shape = self.space.input_shape(arch, self.task.input_shape)
+        if shape == tuple(self.task.input_shape):
+            return self
+        return dataclasses.replace(self, task=self.task.resized(shape[1:]))
+
 
 def cost_metrics(model: nn.Module, input_shape: tuple, profiles: list[HardwareProfile]) -> dict:
     """Every cost metric on every profile, keyed ``metric@profile``, plus the reports."""
@@ -76,9 +84,11 @@ def _data_batches(task: Task, batch_size: int, n: int = 4):
 
 
 def sample_candidate(trial, ctx: TrialContext):
-    """Architecture + pruning plan for this trial, and the untrained dense model."""
+    """Architecture + pruning plan for this trial, the untrained dense model, and the trial's
+    context (its task resized to the sampled input resolution)."""
     space = ctx.space
     arch = space.sample(trial)
+    ctx = ctx.for_arch(arch)
     torch.manual_seed(ctx.seed + trial.number)
     model = space.build(arch, ctx.task.input_shape, ctx.task.num_classes)
     granularity = space.pruning.granularity.suggest(trial, "granularity")
@@ -93,7 +103,7 @@ def sample_candidate(trial, ctx: TrialContext):
         ratios = {name: (trial.suggest_float(f"ratio.{name}", lo, hi) if hi > lo else lo)
                   for name in layers}
     plan = {"granularity": granularity, "criterion": criterion, "ratios": ratios}
-    return arch, plan, model
+    return arch, plan, model, ctx
 
 
 def _prune_kwargs(plan: dict, ctx: TrialContext) -> dict:
@@ -142,7 +152,8 @@ def train_and_prune(model: nn.Module, plan: dict, ctx: TrialContext, seed: int,
                                lambda m, n: fit(m, n, seed + next(rounds)), tr.epochs,
                                pr.rewind_epoch, **kwargs)
         return model, None
-    ctx.train_fn(model, ctx.task, tr.epochs, tr.batch_size, tr.lr, seed, on_epoch=on_epoch)
+    if tr.epochs:  # 0 for a pruning-only search of a trained model
+        ctx.train_fn(model, ctx.task, tr.epochs, tr.batch_size, tr.lr, seed, on_epoch=on_epoch)
     dense_acc = ctx.evaluate_fn(model, ctx.task)
     teacher = copy.deepcopy(model).eval() if pr.distill else None
     steps = pr.steps if pr.schedule == "iterative" else 1
@@ -165,7 +176,7 @@ def run_trial(trial, ctx: TrialContext) -> list[float]:
     objective values (``trained=False`` in its attributes; reports show it as not trained).
     """
     t0 = time.perf_counter()
-    arch, plan, model = sample_candidate(trial, ctx)
+    arch, plan, model, ctx = sample_candidate(trial, ctx)
     trial.set_user_attr("arch", arch)
     trial.set_user_attr("pruning", {k: plan[k] for k in ("granularity", "criterion")})
     widths_dense = layer_widths(model)
@@ -181,7 +192,8 @@ def run_trial(trial, ctx: TrialContext) -> list[float]:
         return _finish(trial, ctx, metrics, cons, accuracy=None, trained=False)
 
     on_epoch = None
-    if ctx.early_stop_margin is not None and ctx.space.training.epochs > 1:
+    if ctx.early_stop_margin is not None and ctx.space.training.epochs > 1 and \
+            ctx.space.pruning.schedule != "lottery":
         completed = ctx.completed() if ctx.completed else trial.study.get_trials(
             deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
 

@@ -195,6 +195,9 @@ def search(space: str | Path | SearchSpace, hardware: Sequence[str | HardwarePro
     if early_stop is not None and not (isinstance(early_stop, (int, float)) and 0 <= early_stop < 1):
         raise ConfigError("argument", "early_stop", early_stop,
                           "is an accuracy margin in [0, 1), e.g. 0.1")
+    if workers > 1 and (not space.path or space.builder_fn is not None):
+        raise ConfigError("argument", "workers", workers, "several worker processes need a "
+                          "space from a YAML file (they load it themselves)")
     if workers > 1 and storage is not None:
         raise ConfigError("argument", "storage", storage,
                           "several workers share the default runs/<name>/study.db only")
@@ -255,6 +258,49 @@ def search(space: str | Path | SearchSpace, hardware: Sequence[str | HardwarePro
         for proc in procs:
             proc.join()
     return SearchResult(study)
+
+
+class _CopyOf:
+    """A picklable builder that returns a fresh copy of one trained model."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, params, input_shape, num_classes):
+        import copy
+        return copy.deepcopy(self.model)
+
+
+def search_pruning(model, task: Task | str, hardware, ratio_range: tuple = (0.0, 0.8),
+                   criteria: Sequence[str] = ("l1", "taylor"), granularity: str = "structured",
+                   n_trials: int = 40, finetune_epochs: int = 2, batch_size: int = 32,
+                   lr: float = 0.005, schedule: str = "one_shot", steps: int = 1,
+                   name: str | None = None, **kwargs) -> SearchResult:
+    """Search per-layer pruning ratios (and the criterion) of an already trained model.
+
+    Every trial starts from ``model``'s trained weights, prunes, fine-tunes for
+    ``finetune_epochs`` and is costed on every profile; no training from scratch. Other
+    keyword arguments go to :func:`search` (objectives, constraints, sampler, storage...)."""
+    from ..spaces import SearchSpace, TrainingSpec, space_from_dict
+    lo, hi = ratio_range
+    # validate the pruning choices exactly as a space file would be validated
+    check = space_from_dict({"name": "check", "task": "digits", "family": "plain",
+                             "arch": {"unused": 0},
+                             "pruning": {"granularity": granularity,
+                                         "criterion": {"choices": list(criteria)},
+                                         "ratio": {"low": lo, "high": hi}, "schedule": schedule,
+                                         "steps": steps},
+                             "training": {"epochs": 1, "finetune_epochs": finetune_epochs,
+                                          "batch_size": batch_size, "lr": lr}}, "argument")
+    task_obj = load_task(task)
+    space = SearchSpace(
+        name=name or f"prune-{type(model).__name__.lower()}", task=task_obj.name,
+        family=f"trained {type(model).__name__}", arch={},
+        pruning=check.pruning,
+        training=TrainingSpec(epochs=0, finetune_epochs=finetune_epochs, batch_size=batch_size,
+                              lr=lr * 2),  # fine-tuning runs at lr / 2
+        builder_fn=_CopyOf(model.eval()))
+    return search(space, hardware, n_trials=n_trials, task=task_obj, name=space.name, **kwargs)
 
 
 def _worker(kwargs: dict, index: int) -> None:

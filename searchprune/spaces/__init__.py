@@ -17,7 +17,8 @@ Example (``search_spaces/digits_plain.yaml``)::
     training: {epochs: 4, finetune_epochs: 2, batch_size: 64, lr: 0.01}
 
 A parameter is a constant, ``{choices: [...]}``, or ``{low, high}`` (ints give an int range;
-``step`` and ``log`` optional). ``per: <int param>`` samples one value per block.
+``step`` and ``log`` optional). ``per: <int param>`` samples one value per block;
+``per: <per-block list param>`` one per unit of its sum. ``resolution`` resizes the input.
 """
 from __future__ import annotations
 
@@ -117,29 +118,50 @@ class SearchSpace:
     training: TrainingSpec
     description: str = ""
     path: str = field(default="", compare=False)
+    builder_fn: Any = field(default=None, compare=False, repr=False)  # set by search_pruning
 
     def builder(self):
+        if self.builder_fn is not None:
+            return self.builder_fn
         return resolve_family(self.family, self.path or "argument")
 
     def sample(self, trial) -> dict:
-        """Architecture parameters for one trial; per-block ones as lists."""
-        out: dict[str, Any] = {}
-        for name, p in self.arch.items():
-            if p.per is None:
-                out[name] = p.suggest(trial, name)
-        for name, p in self.arch.items():
-            if p.per is not None:
-                out[name] = [p.suggest(trial, f"{name}_{i}") for i in range(int(out[p.per]))]
-        return out
+        """Architecture parameters for one trial. A parameter with ``per: X`` gets one value
+        per unit of X: X's value if X is an int, the sum of X's list if X is itself per-block
+        (e.g. ``expand`` per block, with ``depth`` per stage)."""
+        return self._resolve(lambda p, name: p.suggest(trial, name))
 
     def extreme(self, which: str) -> dict:
         """The smallest (``which="min"``) or largest architecture of the space."""
         idx = 0 if which == "min" else 1
-        out = {n: p.extremes[idx] for n, p in self.arch.items() if p.per is None}
-        for n, p in self.arch.items():
-            if p.per is not None:
-                out[n] = [p.extremes[idx]] * int(out[p.per])
+        return self._resolve(lambda p, name: p.extremes[idx])
+
+    def _resolve(self, value_of) -> dict:
+        out: dict[str, Any] = {}
+        pending = dict(self.arch)
+        while pending:
+            progressed = False
+            for name, p in list(pending.items()):
+                if p.per is None:
+                    out[name] = value_of(p, name)
+                elif p.per in out:
+                    ref = out[p.per]
+                    n = sum(int(v) for v in ref) if isinstance(ref, list) else int(ref)
+                    out[name] = [value_of(p, f"{name}_{i}") for i in range(n)]
+                else:
+                    continue
+                del pending[name]
+                progressed = True
+            if not progressed:  # a cycle of per references (rejected at load time)
+                raise ConfigError(self.path or self.name, "arch", list(pending),
+                                  "per references form a cycle")
         return out
+
+    def input_shape(self, arch: dict, task_shape: tuple) -> tuple:
+        """The model's input shape: the task's, resized when the space searches resolution."""
+        if "resolution" in arch and len(task_shape) == 3:
+            return (task_shape[0], int(arch["resolution"]), int(arch["resolution"]))
+        return tuple(task_shape)
 
     def build(self, arch: dict, input_shape: tuple, num_classes: int) -> nn.Module:
         return self.builder()(arch, tuple(input_shape), num_classes)
@@ -186,6 +208,12 @@ def space_from_dict(data: dict, source: str = "<dict>") -> SearchSpace:
         if p.per is not None and p.per not in arch:
             raise ConfigError(source, f"arch.{p.name}.per", p.per,
                               "must name another arch parameter", f"known: {', '.join(arch)}")
+        seen, q = {p.name}, p
+        while q.per is not None:
+            if q.per in seen:
+                raise ConfigError(source, f"arch.{p.name}.per", p.per, "per references form a cycle")
+            seen.add(q.per)
+            q = arch[q.per]
     pr = cfg.mapping(data, "pruning", source)
     cfg.check_keys(pr, source, "pruning", required=["ratio"],
                    optional=["granularity", "criterion", "schedule", "steps", "curve", "distill",
