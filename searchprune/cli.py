@@ -105,6 +105,32 @@ def cmd_front(a) -> None:
         print(f"wrote {path}")
 
 
+def cmd_report(a) -> None:
+    from .report import write_report
+    from .search import load_study
+    from .search.optuna_backend import study_dir
+    result = load_study(a.name, a.runs_dir)
+    out = a.out or study_dir(a.name, a.runs_dir) / "report.html"
+    print(f"wrote {write_report(result, out)}")
+
+
+def cmd_dashboard(a) -> None:
+    from .search import load_study
+    from .search.optuna_backend import storage_url
+    result = load_study(a.name, a.runs_dir)  # fails clearly on an unknown study
+    try:
+        from optuna_dashboard import run_server
+    except ImportError:
+        raise SearchpruneError('the dashboard needs optuna-dashboard: pip install -e ".[report]"')
+    if a.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"searchprune: warning: serving on {a.host}: anyone who can reach this address "
+              "can read the study", file=sys.stderr)
+    print(f"optuna-dashboard for study {result.name!r}: http://{a.host}:{a.port}/dashboard/ "
+          "(Ctrl-C stops it). It ignores constraints: see the user attribute 'feasible', or "
+          "'searchprune report' for the constraint-aware view.", flush=True)
+    run_server(storage_url(a.name, a.runs_dir), host=a.host, port=a.port)
+
+
 def cmd_profiles(a) -> None:
     import pandas as pd
     from .hardware import list_profiles
@@ -221,6 +247,21 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--profile", help="front for this chosen MCU (default: the first)")
     f.add_argument("--runs-dir", default="runs")
     f.set_defaults(fn=cmd_front)
+    r = sub.add_parser("report", help="write the self-contained HTML report of a study",
+                       description="Fronts per MCU against its SRAM / flash budget, per-layer "
+                       "pruning ratios and costs of the front, hypervolume over trials, a "
+                       "sortable table. One file, works offline.")
+    r.add_argument("name")
+    r.add_argument("--out", help="default runs/NAME/report.html")
+    r.add_argument("--runs-dir", default="runs")
+    r.set_defaults(fn=cmd_report)
+    d = sub.add_parser("dashboard", help="serve optuna-dashboard on a study")
+    d.add_argument("name")
+    d.add_argument("--port", type=int, default=8080)
+    d.add_argument("--host", default="127.0.0.1",
+                   help="default 127.0.0.1 (this machine only); another address warns")
+    d.add_argument("--runs-dir", default="runs")
+    d.set_defaults(fn=cmd_dashboard)
     pr = sub.add_parser("profiles", help="list bundled hardware profiles")
     pr.set_defaults(fn=cmd_profiles)
     sp = sub.add_parser("spaces", help="list bundled search spaces")

@@ -11,6 +11,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # what open() would have given, not mkstemp's 0600
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

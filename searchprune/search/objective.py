@@ -214,8 +214,11 @@ def run_trial(trial, ctx: TrialContext) -> list[float]:
     trial.set_user_attr("achieved_ratios", achieved_ratios(model, plan, widths_dense))
     trial.set_user_attr("sparsity", sparsity(model))
     trial.set_user_attr("dense_accuracy", dense_acc)
-    metrics, _ = cost_metrics(model, ctx.task.input_shape, ctx.profiles)
+    metrics, reports = cost_metrics(model, ctx.task.input_shape, ctx.profiles)
     metrics["accuracy"] = accuracy
+    trial.set_user_attr("layer_costs", {  # per-layer breakdown for the report
+        name: [[row["layer"], row["kind"], row["latency_ms"], row["output_bytes"],
+                row["flash_bytes"]] for row in r.layers] for name, r in reports.items()})
     cons = hard_constraints(metrics, ctx)
     trial.set_user_attr("train_seconds", time.perf_counter() - t0)
     return _finish(trial, ctx, metrics, cons, accuracy=accuracy, trained=True)

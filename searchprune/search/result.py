@@ -90,6 +90,11 @@ class SearchResult:
         objectives = [retarget(o, profile) for o in self.objectives]
         return self._front(objectives, f"feasible@{profile}")
 
+    def plot_pareto(self, x: str = "latency_ms", y: str = "accuracy", profile: str | None = None):
+        """A plotly figure of every trial on one MCU with the front marked (needs plotly)."""
+        from ..report import plot_pareto
+        return plot_pareto(self, x=x, y=y, profile=profile)
+
     def front_table(self, profile: str | None = None) -> pd.DataFrame:
         """The front with its key columns only, for printing."""
         front = self.pareto if profile is None else self.pareto_for(profile)
