@@ -61,6 +61,7 @@ def test_estimate_prints_totals_and_layers(capsys):
     assert "2656768 MACs" in out and "22604 params" in out and "depthwise" in out
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("args, fragment", [
     (["front", "never-ran"], "unknown study"),
     (["front", "../etc"], "study name"),
@@ -88,6 +89,7 @@ def test_user_errors_exit_2_without_traceback_and_touch_nothing(tmp_path, args, 
     assert snapshot(runs) == before
 
 
+@pytest.mark.bad_input
 def test_bad_profile_yaml_from_cli(tmp_path):
     good = (ROOT / "hw_profiles" / "stm32g031-cgen.yaml").read_text()
     bad = tmp_path / "board.yaml"

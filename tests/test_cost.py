@@ -178,6 +178,7 @@ def test_tflm_flash_within_5_percent_of_published_tflite(name, size):
     assert abs(r.model_bytes / size - 1) < 0.05
 
 
+@pytest.mark.bad_input
 def test_unknown_op_is_reported_by_name():
     class Odd(nn.Module):
         def __init__(self):

@@ -116,6 +116,7 @@ def test_npz_task_from_the_cli(tmp_path):
     assert loaded.trials["accuracy"].max() > 0.6  # two classes, learnable
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("override, fragment", [
     ({"y_train": np.zeros(299, dtype=np.int64)}, "300 samples but y_train has 299 labels"),
     ({"x_test": np.zeros((100, 13), dtype=np.float32)}, "x_test samples (13,)"),
@@ -129,6 +130,7 @@ def test_bad_npz_gets_a_clear_error(tmp_path, override, fragment):
     assert str(path) in str(e.value) and fragment in str(e.value)
 
 
+@pytest.mark.bad_input
 def test_task_from_tensors_checks_lengths():
     with pytest.raises(SearchpruneError, match="10 samples but 9 labels"):
         Task((torch.zeros(10, 4), torch.zeros(9)), (torch.zeros(2, 4), torch.zeros(2)), 2)

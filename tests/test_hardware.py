@@ -50,6 +50,7 @@ def test_profile_by_path_equals_bundled(tmp_path):
     assert sp.load_profile(str(path)) == sp.load_profile("stm32f746-tflm-cmsisnn")
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("mutate, field, fragment", [
     (lambda d: d.pop("clock_hz"), "clock_hz", "missing"),
     (lambda d: d.update(clock_hz=0), "clock_hz", "> 0"),
@@ -72,6 +73,7 @@ def test_bad_profile_fields_name_file_field_and_value(tmp_path, mutate, field, f
     assert str(path) in msg and field in msg and fragment in msg
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("text, fragment", [
     ("name: [unclosed", "not valid YAML"),
     ("", "empty"),
@@ -83,11 +85,13 @@ def test_bad_profile_files(tmp_path, text, fragment):
         sp.load_profile(path)
 
 
+@pytest.mark.bad_input
 def test_unknown_profile_name_suggests():
     with pytest.raises(UnknownNameError, match="did you mean 'stm32f746-tflm-cmsisnn'"):
         sp.load_profile("stm32f746-tflm-cmsis")
 
 
+@pytest.mark.bad_input
 def test_missing_profile_file(tmp_path):
     with pytest.raises(ConfigError, match="file not found"):
         sp.load_profile(tmp_path / "nope.yaml")

@@ -89,11 +89,13 @@ def test_magnitude_removes_all_zero_channels_first():
     assert torch.equal(model[0].weight, kept_before)
 
 
+@pytest.mark.bad_input
 def test_taylor_needs_data():
     with pytest.raises(SearchpruneError, match="needs data"):
         sp.prune(SmallNet(), 0.5, criterion="taylor", example_inputs=X)
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("kwargs, fragment", [
     (dict(ratios=1.0), "[0, 1)"),
     (dict(ratios=-0.1), "[0, 1)"),
@@ -147,6 +149,7 @@ def test_every_criterion_prunes_structured(digits, criterion):
     assert model(X).shape == (4, 10) and model.pw[0].out_channels == 16
 
 
+@pytest.mark.bad_input
 def test_activation_is_not_an_unstructured_criterion(digits):
     with pytest.raises(SearchpruneError, match="does not score single weights"):
         sp.prune(SmallNet(), 0.5, granularity="unstructured", criterion="activation",

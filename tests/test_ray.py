@@ -24,6 +24,7 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.mark.concurrency
 def test_ray_search_writes_the_optuna_study(local_ray, tiny_space, tmp_path):
     runs = tmp_path / "runs"
     result = sp.search(tiny_space, hardware=HW, n_trials=4, name="onray", runs_dir=runs,
@@ -41,6 +42,7 @@ def test_ray_search_writes_the_optuna_study(local_ray, tiny_space, tmp_path):
     assert len(result.trials) == 4
 
 
+@pytest.mark.fault
 def test_ray_worker_death_is_retried_not_hung(local_ray, tmp_path, monkeypatch):
     marker = tmp_path / "marker"
     monkeypatch.setenv("SEARCHPRUNE_TEST_MARKER", str(marker))

@@ -29,6 +29,7 @@ def space_file(tmp_path, **changes):
     return path
 
 
+@pytest.mark.fault
 def test_failing_trials_are_recorded_and_the_study_goes_on(tmp_path):
     path = space_file(tmp_path, family="helpers:flaky", arch={"width": {"choices": [8, 16, 24]}})
     result = sp.search(path, hardware=HW, n_trials=4, storage="memory", quiet=True, seed=3)
@@ -39,6 +40,7 @@ def test_failing_trials_are_recorded_and_the_study_goes_on(tmp_path):
     assert failed["error"].str.contains("shape mismatch for width 16").all()
 
 
+@pytest.mark.fault
 def test_consecutive_failures_stop_with_a_summary(tmp_path):
     path = space_file(tmp_path, family="helpers:broken", arch={"width": {"choices": [8, 32]}})
     with pytest.raises(SearchpruneError, match="3 consecutive failed trials.*cannot build width"):
@@ -81,6 +83,7 @@ def _counts(db: Path, name: str):
                                                                        "FAIL", "PRUNED")}, study
 
 
+@pytest.mark.fault
 def test_kill_9_then_resume_keeps_completed_trials(tmp_path):
     path = space_file(tmp_path, training={"epochs": 10, "finetune_epochs": 1, "batch_size": 16,
                                           "lr": 0.01})
@@ -118,6 +121,7 @@ def test_kill_9_then_resume_keeps_completed_trials(tmp_path):
         assert t.state.name == "FAIL" and "interrupted" in t.user_attrs["error"]
 
 
+@pytest.mark.concurrency
 def test_two_workers_share_one_study(tmp_path, monkeypatch):
     # trials long enough (~1 s) that the second process, which needs a few seconds to
     # import torch, takes part
@@ -135,3 +139,13 @@ def test_two_workers_share_one_study(tmp_path, monkeypatch):
     pids = {result.study._storage.get_trial_system_attrs(t._trial_id)["searchprune:pid"]
             for t in result.study.trials}
     assert len(pids) == 2  # both processes ran trials
+
+
+@pytest.mark.bad_input
+def test_a_space_that_never_fits_stops_with_a_reason(tmp_path):
+    path = space_file(tmp_path, arch={"n_blocks": 2, "channels": {"choices": [128, 96],
+                                                                   "per": "n_blocks"},
+                                      "block": "conv", "kernel_size": 5})
+    with pytest.raises(SearchpruneError, match=r"rejected all 6 candidates.*sram@stm32g031-cgen"):
+        sp.search(path, hardware=["stm32g031-cgen"], n_trials=50, storage="memory", quiet=True,
+                  max_rejections=6)

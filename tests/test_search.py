@@ -61,6 +61,7 @@ def test_sqlite_storage_resumes_and_keeps_trials(tiny_space, tmp_path):
     check_front(loaded)
 
 
+@pytest.mark.bad_input
 def test_resume_with_other_settings_is_refused(tiny_space, tmp_path):
     runs = tmp_path / "runs"
     sp.search(tiny_space, hardware=HW, n_trials=1, name="s", runs_dir=runs, quiet=True)
@@ -106,6 +107,7 @@ def test_per_profile_fronts(tiny_space):
         result.pareto_for("esp32s3-tflm-espnn")
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("kwargs, error, fragment", [
     (dict(objectives=["accuracy", "latncy_ms"]), UnknownNameError, "did you mean 'latency_ms'"),
     (dict(constraints=["latency_ms=<5"]), ConfigError, "expected METRIC<=NUMBER"),
@@ -122,6 +124,7 @@ def test_bad_search_arguments(tiny_space, kwargs, error, fragment):
         sp.search(tiny_space, **args)
 
 
+@pytest.mark.bad_input
 def test_unwritable_runs_dir(tiny_space, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

@@ -34,6 +34,7 @@ def _space(tmp_path, mutate):
     return path
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("mutate, field, fragment", [
     (lambda d: d["pruning"].update(ratio={"low": 0.0, "high": 1.0}), "pruning.ratio.high", "[0, 1)"),
     (lambda d: d["pruning"].update(ratio=-0.1), "pruning.ratio", ">= 0"),
@@ -55,6 +56,7 @@ def test_bad_space_fields(tmp_path, mutate, field, fragment):
     assert str(path) in msg and field in msg and fragment in msg
 
 
+@pytest.mark.bad_input
 def test_unknown_space_name():
     with pytest.raises(UnknownNameError, match="digits_plain"):
         sp.load_space("digits_plian")

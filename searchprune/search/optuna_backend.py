@@ -151,7 +151,8 @@ def search(space: str | Path | SearchSpace, hardware: Sequence[str | HardwarePro
            constraints=None, sampler: str = "nsga2", name: str | None = None,
            storage: str | None = None, task: str | Task | None = None,
            runs_dir: str | Path = DEFAULT_RUNS_DIR, quiet: bool = False,
-           max_consecutive_failures: int = 10, backend: str = "optuna", workers: int = 1,
+           max_consecutive_failures: int = 10, max_rejections: int = 100,
+           backend: str = "optuna", workers: int = 1,
            early_stop: float | None = None, ray_address: str | None = None,
            cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0,
            max_retries: int = 2, _worker_index: int = 0) -> SearchResult:
@@ -244,6 +245,7 @@ def search(space: str | Path | SearchSpace, hardware: Sequence[str | HardwarePro
                       constraints=[str(c) for c in cons], sampler=sampler, name=name,
                       task=task if isinstance(task, str) else None, runs_dir=str(runs_dir),
                       quiet=True, max_consecutive_failures=max_consecutive_failures,
+                      max_rejections=max_rejections,
                       early_stop=early_stop)
         if isinstance(task, Task):
             raise ConfigError("argument", "workers", workers,
@@ -253,7 +255,7 @@ def search(space: str | Path | SearchSpace, hardware: Sequence[str | HardwarePro
             proc.start()
             procs.append(proc)
     try:
-        run_study(study, ctx, n_trials, quiet, max_consecutive_failures)
+        run_study(study, ctx, n_trials, quiet, max_consecutive_failures, max_rejections)
     finally:
         for proc in procs:
             proc.join()
@@ -316,12 +318,15 @@ def _counted(study: optuna.Study) -> int:
 
 
 def run_study(study: optuna.Study, ctx: TrialContext, n_trials: int, quiet: bool,
-              max_consecutive_failures: int) -> None:
+              max_consecutive_failures: int, max_rejections: int = 100) -> None:
     """Run trials until the study holds ``n_trials`` completed / pruned ones. A trial that
     raises is recorded as FAIL with its error and the study goes on; after
-    ``max_consecutive_failures`` failures in a row the search stops with their causes."""
+    ``max_consecutive_failures`` failures in a row the search stops with their causes. When
+    the cost gate has rejected ``max_rejections`` candidates and none has fit yet, the
+    search stops and says which budgets they broke."""
     progress = _Progress(n_trials, quiet, ctx.objectives)
     failures: list[str] = []
+    rejections: list[list[str]] = []
 
     def objective(trial: optuna.Trial):
         study._storage.set_trial_system_attr(trial._trial_id, "searchprune:pid", os.getpid())
@@ -336,6 +341,12 @@ def run_study(study: optuna.Study, ctx: TrialContext, n_trials: int, quiet: bool
             raise
 
     def watch_failures(study, trial):
+        if trial.user_attrs.get("gate_rejected"):
+            if not any(t.user_attrs.get("trained") for t in study.get_trials(
+                    deepcopy=False, states=(TrialState.COMPLETE,))):
+                rejections.append(trial.user_attrs.get("violations", []))
+                if len(rejections) >= max_rejections:
+                    study.stop()
         if trial.state == TrialState.FAIL:
             failures.append(trial.user_attrs.get("error", "unknown error"))
             if len(failures) >= max_consecutive_failures:
@@ -346,6 +357,14 @@ def run_study(study: optuna.Study, ctx: TrialContext, n_trials: int, quiet: bool
             study.stop()
 
     while _counted(study) < n_trials:
+        if len(rejections) >= max_rejections:
+            from collections import Counter
+            broken = Counter(v for vs in rejections for v in vs).most_common()
+            raise SearchpruneError(
+                f"the cost gate rejected all {len(rejections)} candidates tried so far and none "
+                f"fits: violated {', '.join(f'{k} ({n}x)' for k, n in broken)}; the space "
+                f"{ctx.space.name!r} may not fit the chosen MCU(s): try smaller choices or "
+                "another board")
         if len(failures) >= max_consecutive_failures:
             causes = sorted(set(failures))
             raise SearchpruneError(

@@ -1,0 +1,112 @@
+"""Search quality: hypervolume vs number of trials for NSGA-II, TPE and random search on
+the digits_plain space (shortened training budget), several seeds; plus NSGA-II with
+multi-objective early stopping (time saved vs front quality).
+
+Hypervolume is computed on the default objectives (accuracy, latency, peak RAM, flash on
+the first MCU), each scaled by the range seen over all runs, reference: accuracy 0 and 1.1 x
+the largest cost. Writes benchmarks/results/search_quality.csv and .png; prints a summary.
+Run: python benchmarks/search_quality.py [n_trials] [n_seeds]  (about 10 minutes with 100, 3)
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import searchprune as sp  # noqa: E402
+from searchprune.search.metrics import is_maximized  # noqa: E402
+
+HW = ["stm32f746-tflm-cmsisnn", "stm32g031-cgen"]
+RUNS = [("nsga2", None), ("tpe", None), ("random", None), ("nsga2", 0.15)]
+
+
+def main() -> None:
+    import torch
+    torch.set_num_threads(1)
+    n_trials = int(sys.argv[1]) if len(sys.argv) > 1 else 100
+    seeds = range(int(sys.argv[2]) if len(sys.argv) > 2 else 3)
+    space = sp.load_space("digits_plain")
+    space = dataclasses.replace(space, training=dataclasses.replace(
+        space.training, epochs=4, finetune_epochs=1))
+    task = sp.digits_task()
+    results = []
+    for seed in seeds:
+        for sampler, early in RUNS:
+            t0 = time.perf_counter()
+            r = sp.search(space, hardware=HW, n_trials=n_trials, seed=seed, sampler=sampler,
+                          storage="memory", quiet=True, task=task, early_stop=early)
+            wall = time.perf_counter() - t0
+            label = sampler + (f"+early_stop({early})" if early else "")
+            results.append((label, seed, r.trials.sort_values("number"), r.objectives, wall))
+            print(f"{label:22s} seed {seed}: {wall:6.1f} s, {len(r.pareto)} on the front",
+                  flush=True)
+    objs = results[0][3]
+    everything = np.concatenate([df[df["trained"]][objs].to_numpy(float)
+                                 for _, _, df, _, _ in results])
+    lo, hi = everything.min(0), everything.max(0)
+    maximize = np.array([is_maximized(o) for o in objs])
+    span = np.where(hi > lo, hi - lo, 1.0)
+    ref = np.where(maximize, 0.0, 1.1)
+
+    def hv_curve(df):
+        out, feasible = [], df["feasible"] & df["trained"]
+        for k in range(1, len(df) + 1):
+            sub = df.iloc[:k][feasible.iloc[:k]]
+            if sub.empty:
+                out.append(0.0)
+                continue
+            v = sub[objs].to_numpy(float)
+            v = np.where(maximize, v / np.maximum(hi, 1e-12), (v - lo) / span)
+            out.append(sp.hypervolume(v, maximize, ref))
+        return out
+
+    rows, curves = [], {}
+    for label, seed, df, _, wall in results:
+        curve = hv_curve(df)
+        curves.setdefault(label, []).append(curve)
+        for k, v in enumerate(curve, 1):
+            rows.append({"sampler": label, "seed": seed, "trials": k, "hypervolume": v,
+                         "wall_s": round(wall, 1) if k == len(curve) else ""})
+    out = ROOT / "benchmarks/results"
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "search_quality.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    mean = {k: np.mean(v, axis=0) for k, v in curves.items()}
+    target = mean["random"][-1]
+    lines = [f"mean hypervolume after {n_trials} trials over {len(seeds)} seeds:"]
+    for k, m in mean.items():
+        reach = next((i + 1 for i, v in enumerate(m) if v >= target), None)
+        walls = [w for lbl, _, _, _, w in results if lbl == k]
+        lines.append(f"  {k:22s} {m[-1]:.4f}  (reaches random's {n_trials}-trial hypervolume "
+                     f"after {reach if reach else 'never'} trials; mean wall {np.mean(walls):.0f} s)")
+    text = "\n".join(lines)
+    (out / "search_quality.txt").write_text(text + "\n")
+    print(text)
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for k, m in mean.items():
+        ax.plot(range(1, len(m) + 1), m, label=k)
+    ax.axhline(target, color="k", lw=0.6, ls=":", label=f"random @ {n_trials}")
+    ax.set_xlabel("trials")
+    ax.set_ylabel("hypervolume (scaled objectives)")
+    ax.set_title(f"digits_plain on {HW[0]} + {HW[1]}, mean of {len(seeds)} seeds")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "search_quality.png", dpi=110)
+    print(f"wrote {out / 'search_quality.csv'}, .png, .txt")
+
+
+if __name__ == "__main__":
+    main()
