@@ -3,7 +3,9 @@
 ``calibrate`` takes rows of (model, input shape, measured latency) for one board and runtime,
 traces each model, sums the work of each op kind exactly as the cost model prices it, and
 solves for the cycles-per-MAC coefficients by least squares. With fewer rows than op kinds,
-related kinds share one coefficient (depthwise with pointwise, then everything convolutional).
+or where a kind does under 5 % of every row's MACs (its coefficient could not be pinned down),
+related kinds share one coefficient (depthwise with pointwise, then everything convolutional,
+then all MACs alike).
 The other coefficients (element-wise, pooling, per-op overhead) keep the base profile's values.
 """
 from __future__ import annotations
@@ -101,6 +103,18 @@ def _features(graph: Graph, profile: HardwareProfile) -> dict[str, float]:
     return work
 
 
+MIN_SHARE = 0.05  # a coefficient is fitted only where its ops do >= 5 % of some row's MACs
+
+
+def _identifiable(group: tuple, feats: list[dict]) -> bool:
+    """Whether some row spends enough of its MAC work in ``group`` to pin its coefficient."""
+    for f in feats:
+        total = sum(f.get(c, 0.0) for c in MAC_COEFFICIENTS)
+        if total and sum(f.get(c, 0.0) for c in group) / total >= MIN_SHARE:
+            return True
+    return False
+
+
 def _solve(feats: list[dict], targets: np.ndarray, groups, fixed: dict) -> np.ndarray | None:
     a = np.array([[sum(f.get(c, 0.0) for c in g) for g in groups] for f in feats])
     b = targets - np.array([sum(f.get(c, 0.0) * v for c, v in fixed.items()) for f in feats])
@@ -123,7 +137,7 @@ def calibrate(measurements: Sequence[Measurement], base: str | HardwareProfile,
              if f.name not in MAC_COEFFICIENTS}
     for groups in GROUPINGS:
         used = tuple(g for g in groups if any(f.get(c, 0) for f in feats for c in g))
-        if len(used) > len(measurements):
+        if len(used) > len(measurements) or not all(_identifiable(g, feats) for g in used):
             continue
         coef = _solve(feats, cycles, used, fixed)
         if coef is not None:

@@ -7,7 +7,6 @@ Anything the tracer does not know raises :class:`UnsupportedOpError` naming the 
 """
 from __future__ import annotations
 
-import copy
 import math
 import operator
 from dataclasses import dataclass, field
@@ -125,7 +124,7 @@ def trace(model: nn.Module, input_shape: tuple[int, ...]) -> Graph:
         gm = torch.fx.symbolic_trace(model)
     except Exception as e:  # data-dependent control flow and the like
         raise SearchpruneError(f"cannot trace {type(model).__name__} with torch.fx: {e}") from e
-    meta_gm = copy.deepcopy(gm).to("meta") if any(not p.is_meta for p in gm.parameters()) else gm
+    meta_gm = gm  # modules are never run with their weights: shapes come from meta tensors
     modules = dict(meta_gm.named_modules())
     env: dict[str, object] = {}
     tensor_of: dict[str, str] = {}   # fx node name -> tensor name (aliases resolve here)
@@ -204,13 +203,18 @@ def trace(model: nn.Module, input_shape: tuple[int, ...]) -> Graph:
                 operator.attrgetter(node.target)(meta_gm)
             continue
         args, kwargs = arg_value(node.args), arg_value(node.kwargs)
-        if node.op == "call_module":
-            mod = modules[node.target]
-            value = mod(*args, **kwargs)
-        elif node.op == "call_function":
-            value = node.target(*args, **kwargs)
-        else:  # call_method
-            value = getattr(args[0], node.target)(*args[1:], **kwargs)
+        try:
+            if node.op == "call_module":
+                value = _module_output(modules[node.target], args, kwargs)
+            elif node.op == "call_function":
+                value = node.target(*args, **kwargs)
+            else:  # call_method
+                value = getattr(args[0], node.target)(*args[1:], **kwargs)
+        except UnsupportedOpError:
+            raise
+        except Exception as e:
+            raise UnsupportedOpError(f"cannot follow node {node.name!r} ({node.target}) on the "
+                                     f"meta device: {e}") from None
         env[node.name] = value
         reads_activation = any(a.name in tensor_of for a in node.all_input_nodes)
         if node.op != "call_module":
@@ -220,6 +224,42 @@ def trace(model: nn.Module, input_shape: tuple[int, ...]) -> Graph:
                 continue  # x.size(), x.shape[...]: no runtime op
         _classify(node, value, modules, zeros, new_op, alias, fuse_into_producer)
     return Graph(ops=ops, tensors=tensors, inputs=inputs, outputs=outputs)
+
+
+_SHAPE_PRESERVING = (nn.BatchNorm1d, nn.BatchNorm2d, nn.PReLU) + _FUSABLE_ACTS
+
+
+def _conv_out_shape(mod: nn.Module, shape: tuple) -> tuple:
+    """Output shape of a Conv1d / Conv2d on an input of ``shape`` (N, C, *spatial)."""
+    spatial = []
+    for i, size in enumerate(shape[2:]):
+        k, s, d = mod.kernel_size[i], mod.stride[i], mod.dilation[i]
+        if mod.padding == "same":
+            spatial.append(size)
+            continue
+        p = 0 if mod.padding == "valid" else mod.padding[i]
+        spatial.append((size + 2 * p - d * (k - 1) - 1) // s + 1)
+    return (shape[0], mod.out_channels, *spatial)
+
+
+def _module_output(mod: nn.Module, args, kwargs):
+    """The meta-device output of a module, without running its weights."""
+    x = args[0]
+    if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
+        if x.shape[1] != mod.in_channels:
+            raise UnsupportedOpError(f"{type(mod).__name__} expects {mod.in_channels} input "
+                                     f"channels, got shape {tuple(x.shape)}")
+        return torch.empty(_conv_out_shape(mod, tuple(x.shape)), device="meta")
+    if isinstance(mod, nn.Linear):
+        if x.shape[-1] != mod.in_features:
+            raise UnsupportedOpError(f"Linear expects {mod.in_features} input features, got "
+                                     f"shape {tuple(x.shape)}")
+        return torch.empty((*x.shape[:-1], mod.out_features), device="meta")
+    if isinstance(mod, _SHAPE_PRESERVING):
+        return torch.empty(x.shape, device="meta")
+    if any(True for _ in mod.parameters(recurse=False)):
+        raise UnsupportedOpError(f"the cost model does not know module {type(mod).__name__}")
+    return mod(*args, **kwargs)  # parameterless: pooling, flatten, softmax, upsample...
 
 
 def _classify(node, value, modules, zeros, new_op, alias, fuse) -> None:
