@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import searchprune as sp  # noqa: E402
+from searchprune.io import write_rows_csv  # noqa: E402
 from searchprune import zoo  # noqa: E402
 from searchprune.calibration import MAC_COEFFICIENTS, Measurement, calibrate  # noqa: E402
 from searchprune.cost import estimate_graph  # noqa: E402
@@ -126,10 +127,7 @@ def main() -> None:
                             lomo_ours_err_pct=100 * (ours_ms / meas - 1))
     out = ROOT / "benchmarks/results"
     out.mkdir(parents=True, exist_ok=True)
-    with (out / "cost_model_accuracy.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(table[0]))
-        w.writeheader()
-        w.writerows(table)
+    write_rows_csv(out / "cost_model_accuracy.csv", table)
 
     def med(key, rows=table):
         vals = [abs(r[key]) for r in rows if r.get(key) is not None]

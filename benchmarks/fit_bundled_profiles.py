@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import searchprune as sp  # noqa: E402
+from searchprune.io import write_rows_csv  # noqa: E402
 from searchprune import zoo  # noqa: E402
 from searchprune.calibration import Measurement, calibrate  # noqa: E402
 from searchprune.graph import trace  # noqa: E402
@@ -127,10 +128,7 @@ def main() -> None:
             atomic_write_text(path, yaml.safe_dump(data, sort_keys=False, width=100))
     out = ROOT / "benchmarks/results/profile_fit.csv"
     out.parent.mkdir(exist_ok=True)
-    with out.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(table[0]))
-        w.writeheader()
-        w.writerows(table)
+    write_rows_csv(out, table)
     for t in table:
         print(f"{t['profile']:26s} {t['row']:55s} {t['measured_ms']:>9.3f} {t['predicted_ms']:>9.3f} {t['error_pct']:>7.2f}%")
     print(f"wrote {out}")

@@ -9,7 +9,6 @@ Run: python benchmarks/pruning_tradeoff.py  (about 3 minutes on 2 cores)
 from __future__ import annotations
 
 import copy
-import csv
 import sys
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import searchprune as sp  # noqa: E402
+from searchprune.io import write_rows_csv  # noqa: E402
 from searchprune.pruning import apply_masks, prune_iteratively  # noqa: E402
 from searchprune.spaces.families import plain  # noqa: E402
 from searchprune.training import evaluate, train  # noqa: E402
@@ -73,10 +73,7 @@ def main() -> None:
               f"flash {rep.flash_bytes} B", flush=True)
     out = ROOT / "benchmarks/results"
     out.mkdir(parents=True, exist_ok=True)
-    with (out / "pruning_tradeoff.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_rows_csv(out / "pruning_tradeoff.csv", rows)
     plot(rows, dense_acc, out / "pruning_tradeoff.png")
     print(f"wrote {out / 'pruning_tradeoff.csv'} and {out / 'pruning_tradeoff.png'}")
 

@@ -9,7 +9,6 @@ Run: python benchmarks/search_quality.py [n_trials] [n_seeds]  (about 10 minutes
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import sys
 import time
@@ -21,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import searchprune as sp  # noqa: E402
+from searchprune.io import write_rows_csv  # noqa: E402
 from searchprune.search.metrics import is_maximized  # noqa: E402
 
 HW = ["stm32f746-tflm-cmsisnn", "stm32g031-cgen"]
@@ -76,10 +76,7 @@ def main() -> None:
                          "wall_s": round(wall, 1) if k == len(curve) else ""})
     out = ROOT / "benchmarks/results"
     out.mkdir(parents=True, exist_ok=True)
-    with (out / "search_quality.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_rows_csv(out / "search_quality.csv", rows)
     mean = {k: np.mean(v, axis=0) for k, v in curves.items()}
     target = mean["random"][-1]
     lines = [f"mean hypervolume after {n_trials} trials over {len(seeds)} seeds:"]

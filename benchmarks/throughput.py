@@ -7,7 +7,6 @@ Run: python benchmarks/throughput.py [n_trials]  (about 5 minutes with 30)
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import sys
 import tempfile
@@ -20,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import searchprune as sp  # noqa: E402
+from searchprune.io import write_rows_csv  # noqa: E402
 
 HW = ["stm32g031-cgen"]
 
@@ -54,10 +54,7 @@ def main() -> None:
             ray.shutdown()
     out = ROOT / "benchmarks/results/throughput.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_rows_csv(out, rows)
     print(f"wrote {out}")
 
 

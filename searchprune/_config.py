@@ -7,7 +7,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from .errors import ConfigError, suggest
+from .errors import ConfigError, UnknownNameError, suggest
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -33,6 +33,22 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(src, "<file>", data if not isinstance(data, str) else data[:40],
                           f"must be a YAML mapping of fields, got {type(data).__name__}")
     return data
+
+
+def bundled(folder: Path) -> dict[str, Path]:
+    """Names -> paths of the YAML files shipped in ``folder``."""
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def find_yaml(name_or_path: str | Path, folder: Path, kind: str) -> Path:
+    """A bundled file by name, or a path to the user's own YAML file."""
+    text = str(name_or_path)
+    known = bundled(folder)
+    if text in known:
+        return known[text]
+    if text.endswith((".yaml", ".yml")) or "/" in text or Path(text).is_file():
+        return Path(text)
+    raise UnknownNameError(kind, text, known)
 
 
 def check_keys(data: Mapping, source: str, prefix: str, required: Iterable[str],

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _config as cfg
-from .errors import ConfigError, UnknownNameError
+from .errors import ConfigError
 
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "hw_profiles"
 
@@ -131,23 +131,15 @@ def profile_from_dict(data: dict, source: str = "<dict>") -> HardwareProfile:
 
 def bundled_profiles() -> dict[str, Path]:
     """Bundled profile names -> YAML paths."""
-    return {p.stem: p for p in sorted(BUNDLED_DIR.glob("*.yaml"))}
+    return cfg.bundled(BUNDLED_DIR)
 
 
 def load_profile(name_or_path: str | Path | HardwareProfile) -> HardwareProfile:
     """A bundled profile by name (``"stm32f746-tflm-cmsisnn"``) or a YAML file by path."""
     if isinstance(name_or_path, HardwareProfile):
         return name_or_path
-    text = str(name_or_path)
-    bundled = bundled_profiles()
-    if text in bundled:
-        path = bundled[text]
-    elif text.endswith((".yaml", ".yml")) or "/" in text or Path(text).is_file():
-        path = Path(text)
-    else:
-        raise UnknownNameError("hardware profile", text, bundled)
-    profile = profile_from_dict(cfg.read_yaml(path), str(path))
-    return profile
+    path = cfg.find_yaml(name_or_path, BUNDLED_DIR, "hardware profile")
+    return profile_from_dict(cfg.read_yaml(path), str(path))
 
 
 def list_profiles() -> list[HardwareProfile]:

@@ -29,7 +29,7 @@ from typing import Any
 import torch.nn as nn
 
 from .. import _config as cfg
-from ..errors import ConfigError, UnknownNameError
+from ..errors import ConfigError
 from .families import FAMILIES, resolve_family
 
 BUNDLED_DIR = Path(__file__).resolve().parent.parent.parent / "search_spaces"
@@ -279,21 +279,15 @@ def space_from_dict(data: dict, source: str = "<dict>") -> SearchSpace:
 
 
 def bundled_spaces() -> dict[str, Path]:
-    return {p.stem: p for p in sorted(BUNDLED_DIR.glob("*.yaml"))}
+    """Bundled space names -> YAML paths."""
+    return cfg.bundled(BUNDLED_DIR)
 
 
 def load_space(name_or_path: str | Path | SearchSpace) -> SearchSpace:
     """A bundled space by name (``"digits_plain"``) or a YAML file by path."""
     if isinstance(name_or_path, SearchSpace):
         return name_or_path
-    text = str(name_or_path)
-    bundled = bundled_spaces()
-    if text in bundled:
-        path = bundled[text]
-    elif text.endswith((".yaml", ".yml")) or "/" in text or Path(text).is_file():
-        path = Path(text)
-    else:
-        raise UnknownNameError("search space", text, bundled)
+    path = cfg.find_yaml(name_or_path, BUNDLED_DIR, "search space")
     return space_from_dict(cfg.read_yaml(path), str(path))
 
 
