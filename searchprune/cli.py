@@ -131,6 +131,20 @@ def cmd_dashboard(a) -> None:
     run_server(storage_url(a.name, a.runs_dir), host=a.host, port=a.port)
 
 
+def cmd_export(a) -> None:
+    from .export import export_trial
+    from .search import load_study
+    result = load_study(a.name, a.runs_dir)
+    out = export_trial(result, a.trial, a.out, runs_dir=a.runs_dir)
+    import json
+    v = json.loads((out / "verify.json").read_text())
+    print(f"wrote {out}: model.pt, config.json, model_int8.tflite ({v['tflite_file_bytes']} B), "
+          f"model_data.cc/.h, verify.json")
+    print(f"TFLM: arena head {v['tflm_arena_head_bytes']} B, total {v['tflm_arena_total_bytes']} B;"
+          f" int8 top-1 agrees with PyTorch on {100 * v['top1_agreement_tflm_vs_pytorch']:.1f} % "
+          f"of {v['samples']} test samples; int8 accuracy {v['accuracy_int8_tflm']:.4f}")
+
+
 def cmd_profiles(a) -> None:
     import pandas as pd
     from .hardware import list_profiles
@@ -262,6 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default 127.0.0.1 (this machine only); another address warns")
     d.add_argument("--runs-dir", default="runs")
     d.set_defaults(fn=cmd_dashboard)
+    x = sub.add_parser("export", help="export a trained trial: int8 TFLite, C array, verified in "
+                       "TFLM", description="Writes model.pt, config.json, model_int8.tflite, "
+                       "model_data.cc / .h and verify.json (needs pip install -e '.[tflite]').")
+    x.add_argument("name")
+    x.add_argument("--trial", type=int, required=True)
+    x.add_argument("--out", required=True, help="output folder")
+    x.add_argument("--runs-dir", default="runs")
+    x.set_defaults(fn=cmd_export)
     pr = sub.add_parser("profiles", help="list bundled hardware profiles")
     pr.set_defaults(fn=cmd_profiles)
     sp = sub.add_parser("spaces", help="list bundled search spaces")

@@ -13,13 +13,14 @@ weights, so a candidate is screened in milliseconds:
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch.nn as nn
 
-from .graph import (CONV, DEPTHWISE, FC, POINTWISE, POOL, Graph, Op,
+from .graph import (CONV, DEPTHWISE, ELEMENTWISE, FC, POINTWISE, POOL, RESHAPE, Graph, Op,
                     trace)
 from .hardware import HardwareProfile, load_profile
 
@@ -123,11 +124,20 @@ def op_cycles(op: Op, profile: HardwareProfile) -> float:
     return getattr(profile.latency, coef) * work + profile.latency.op_overhead_cycles
 
 
-def scratch_bytes(op: Op, profile: HardwareProfile) -> int:
-    """Per-op scratch: CMSIS-NN's im2col buffer (2 x cin x kh x kw int16) for k > 1 convs."""
+def scratch_buffers(op: Op, profile: HardwareProfile) -> list[int]:
+    """Per-op scratch buffers (bytes): CMSIS-NN's im2col buffer (2 x cin x kh x kw int16) for
+    k > 1 convs; in TFLM, a global-average MEAN's int32 sums (one per output), its resolved
+    axes and its normalised dimensions (int32 each)."""
     if profile.runtime.im2col and op.kind == CONV and math.prod(op.kernel) > 1:
-        return 2 * op.in_channels // op.groups * math.prod(op.kernel) * 2
-    return 0
+        return [2 * op.in_channels // op.groups * math.prod(op.kernel) * 2]
+    if profile.runtime.name.startswith("tflm") and op.kind == POOL and len(op.in_shape) > 2 \
+            and math.prod(op.out_shape[2:] or (1,)) == 1 and math.prod(op.in_shape[2:]) > 1:
+        return [4 * math.prod(op.out_shape), 4 * (len(op.in_shape) - 2), 4 * len(op.in_shape)]
+    return []
+
+
+def scratch_bytes(op: Op, profile: HardwareProfile) -> int:
+    return sum(scratch_buffers(op, profile))
 
 
 def buffers(graph: Graph, profile: HardwareProfile | None = None) -> list[Buffer]:
@@ -145,9 +155,8 @@ def buffers(graph: Graph, profile: HardwareProfile | None = None) -> list[Buffer
                   last.get(t, first[t])) for t in first]
     if profile is not None:
         for i, op in enumerate(graph.ops):
-            s = scratch_bytes(op, profile)
-            if s:
-                out.append(Buffer(f"{op.name}:scratch", _round_up(s, ARENA_ALIGNMENT), i, i))
+            for j, s in enumerate(scratch_buffers(op, profile)):
+                out.append(Buffer(f"{op.name}:scratch{j}", _round_up(s, ARENA_ALIGNMENT), i, i))
     return out
 
 
@@ -177,8 +186,55 @@ def live_peak(bufs: Sequence[Buffer]) -> int:
     return max((sum(b.size for b in bufs if b.first <= i <= b.last) for i in range(n)), default=0)
 
 
+def lower(graph: Graph, profile: HardwareProfile) -> Graph:
+    """The graph the runtime really executes.
+
+    Reshapes are free (the tensor is reused), except in TFLM where the converter keeps a
+    RESHAPE op with its own output tensor when it reshapes the graph input or a spatial map
+    (a flatten after global pooling folds into the pooling). In TFLM, a convolution with
+    stride > 1 and padding becomes an explicit PAD op writing a padded copy, then the conv.
+    """
+    tflm = profile.runtime.name.startswith("tflm")
+    ops: list[Op] = []
+    tensors = dict(graph.tensors)
+    rename: dict[str, str] = {}
+    for op in graph.ops:
+        inputs = [rename.get(t, t) for t in op.inputs]
+        if op.kind == RESHAPE:
+            src = inputs[0]
+            spatial = math.prod(tensors[src][2:]) if len(tensors[src]) > 2 else 1
+            if tflm and (src in graph.inputs or spatial > 1):
+                ops.append(dataclasses.replace(op, inputs=inputs))
+            else:
+                rename[op.output] = src
+            continue
+        pad = _padding(op)
+        if tflm and pad and any(s > 1 for s in op.stride):
+            padded = f"{op.output}:pad_input"
+            shape = op.in_shape[:2] + tuple(d + 2 * p for d, p in zip(op.in_shape[2:], pad))
+            tensors[padded] = shape
+            ops.append(Op(name=f"{op.name}:pad", kind=ELEMENTWISE, inputs=inputs[:1],
+                          output=padded, in_shape=op.in_shape, out_shape=shape,
+                          module_type="PAD"))
+            inputs = [padded] + inputs[1:]
+        ops.append(dataclasses.replace(op, inputs=inputs))
+    outputs = [rename.get(t, t) for t in graph.outputs]
+    used = {t for op in ops for t in op.inputs} | {op.output for op in ops} | set(outputs)
+    return Graph(ops=ops, tensors={k: v for k, v in tensors.items() if k in used or
+                                   k in graph.inputs},
+                 inputs=graph.inputs, outputs=outputs, unknown=graph.unknown)
+
+
+def _padding(op: Op) -> tuple | None:
+    """Per spatial dim padding of a conv / depthwise, or None when it has none."""
+    if op.kind not in (CONV, DEPTHWISE, POINTWISE) or not any(op.padding):
+        return None
+    return op.padding
+
+
 def estimate_graph(graph: Graph, profile: HardwareProfile) -> CostReport:
     """Cost of a traced graph on one profile."""
+    graph = lower(graph, profile)
     layers, total_cycles, model_bytes = [], 0.0, 0
     for op in graph.ops:
         cycles = op_cycles(op, profile)

@@ -2,7 +2,8 @@
 
 The trace runs on the ``meta`` device, so no weights or real data are needed. BatchNorm is
 folded into the conv / linear before it and ReLU / ReLU6 fused into the op before them, as
-int8 runtimes do; flatten, reshape, dropout and identity are free (they alias a tensor).
+int8 runtimes do; dropout and identity are free (they alias a tensor); flatten / reshape are
+kept as ``reshape`` ops, which the cost model lowers per runtime (free, or a copy in TFLM).
 Anything the tracer does not know raises :class:`UnsupportedOpError` naming the node.
 """
 from __future__ import annotations
@@ -25,9 +26,14 @@ WEIGHTED_KINDS = (CONV, DEPTHWISE, POINTWISE, FC)
 
 _FUSABLE_ACTS = (nn.ReLU, nn.ReLU6)
 _FUSABLE_ACT_FNS = (F.relu, F.relu6, torch.relu)
-_ALIAS_MODULES = (nn.Flatten, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Unflatten)
-_ALIAS_FNS = (torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, F.dropout)
-_ALIAS_METHODS = ("view", "reshape", "flatten", "contiguous", "squeeze", "unsqueeze")
+_ALIAS_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d)
+_ALIAS_FNS = (F.dropout,)
+_ALIAS_METHODS = ("contiguous",)
+# reshapes are free for most runtimes; the cost model decides (TFLM copies some)
+_RESHAPE_MODULES = (nn.Flatten, nn.Unflatten)
+_RESHAPE_FNS = (torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze)
+_RESHAPE_METHODS = ("view", "reshape", "flatten", "squeeze", "unsqueeze")
+RESHAPE = "reshape"
 _ELEMENTWISE_MODULES = (nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.GELU,
                         nn.LeakyReLU, nn.ELU, nn.Softmax, nn.LogSoftmax, nn.Upsample, nn.ZeroPad2d,
                         nn.ConstantPad2d, nn.Hardtanh, nn.PReLU)
@@ -58,6 +64,7 @@ class Op:
     groups: int = 1
     kernel: tuple = ()
     stride: tuple = ()
+    padding: tuple = ()            # per spatial dim, both sides (convolutions)
     activation: str | None = None
     weight_zeros: int = 0          # zero-valued weights (unstructured / N:M sparsity)
     module_type: str = ""
@@ -242,6 +249,14 @@ def _conv_out_shape(mod: nn.Module, shape: tuple) -> tuple:
     return (shape[0], mod.out_channels, *spatial)
 
 
+def _conv_padding(mod: nn.Module) -> tuple:
+    if mod.padding == "valid":
+        return (0,) * len(mod.kernel_size)
+    if mod.padding == "same":
+        return tuple(d * (k - 1) // 2 for k, d in zip(mod.kernel_size, mod.dilation))
+    return tuple(mod.padding)
+
+
 def _module_output(mod: nn.Module, args, kwargs):
     """The meta-device output of a module, without running its weights."""
     x = args[0]
@@ -279,6 +294,7 @@ def _classify(node, value, modules, zeros, new_op, alias, fuse) -> None:
             new_op(node, kind, value, weight_shape=tuple(mod.weight.shape),
                    bias=mod.bias is not None, groups=groups, kernel=k,
                    stride=tuple(mod.stride), weight_zeros=zeros.get(node.target, 0),
+                   padding=_conv_padding(mod),
                    module_type=mtype)
         elif isinstance(mod, nn.Linear):
             new_op(node, FC, value, weight_shape=tuple(mod.weight.shape),
@@ -292,6 +308,8 @@ def _classify(node, value, modules, zeros, new_op, alias, fuse) -> None:
                 new_op(node, ELEMENTWISE, value, module_type=mtype)
         elif isinstance(mod, _ALIAS_MODULES):
             alias(node)
+        elif isinstance(mod, _RESHAPE_MODULES):
+            new_op(node, RESHAPE, value, module_type=mtype)
         elif isinstance(mod, _POOL_MODULES):
             new_op(node, POOL, value, module_type=mtype)
         elif isinstance(mod, _ELEMENTWISE_MODULES):
@@ -307,6 +325,8 @@ def _classify(node, value, modules, zeros, new_op, alias, fuse) -> None:
     if node.op == "call_method":
         if target in _ALIAS_METHODS:
             alias(node)
+        elif target in _RESHAPE_METHODS:
+            new_op(node, RESHAPE, value)
         elif target in ("add", "__add__") and n_tensor_inputs >= 2:
             new_op(node, ADD, value)
         elif target in ("relu", "relu_") and fuse(node, "act"):
@@ -325,6 +345,8 @@ def _classify(node, value, modules, zeros, new_op, alias, fuse) -> None:
         new_op(node, CONCAT, value)
     elif target in _ALIAS_FNS:
         alias(node)
+    elif target in _RESHAPE_FNS:
+        new_op(node, RESHAPE, value)
     elif target in _FUSABLE_ACT_FNS:
         if not fuse(node, "act"):
             new_op(node, ELEMENTWISE, value)

@@ -6,7 +6,7 @@ import torch.nn as nn
 
 import searchprune as sp
 from searchprune import zoo
-from searchprune.cost import Buffer, buffers, estimate_graph, live_peak, plan_arena
+from searchprune.cost import Buffer, buffers, estimate_graph, live_peak, lower, plan_arena
 from searchprune.errors import UnsupportedOpError
 from searchprune.graph import trace
 from searchprune.hardware import LatencyCoefficients, Runtime
@@ -192,7 +192,21 @@ def test_unknown_op_is_reported_by_name():
         sp.estimate(Odd(), (1, 1, 8), profile())
 
 
-def test_graph_folds_bn_and_aliases_flatten():
+def test_graph_folds_bn_and_lowers_flatten():
     g = trace(tiny_net(), (1, 1, 8, 8))
     assert [op.bias for op in g.ops[:2]] == [True, True]  # BN folded into a bias
-    assert len(g.ops) == 5 and len(buffers(g)) == 6
+    assert [op.kind for op in g.ops][-2:] == ["reshape", "fc"]
+    lowered = lower(g, profile())  # a flatten after global pooling is free
+    assert len(lowered.ops) == 5 and len(buffers(lowered)) == 6
+
+
+def test_tflm_lowering_adds_pad_and_input_reshape():
+    tflm = profile(name="tflm-reference")
+    net = nn.Sequential(nn.Conv2d(2, 4, 3, stride=2, padding=1), nn.Flatten(), nn.Linear(64, 3))
+    g = lower(trace(net, (1, 2, 8, 8)), tflm)
+    assert [op.module_type or op.kind for op in g.ops] == ["PAD", "Conv2d", "Flatten", "Linear"]
+    assert g.tensors[g.ops[0].output] == (1, 2, 10, 10)  # the padded copy the converter writes
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 4))
+    r_tflm = sp.estimate(mlp, (1, 1, 8, 8), tflm)
+    r_other = sp.estimate(mlp, (1, 1, 8, 8), profile())
+    assert r_tflm.arena_bytes == 64 + 64 and r_other.arena_bytes == 64 + 16

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -39,6 +40,7 @@ class TrialContext:
     early_stop_margin: float | None = None  # stop a trial whose epoch-1 accuracy trails a
                                             # cheaper front member by more than this
     completed: Callable | None = None       # () -> completed FrozenTrials (Ray: from storage)
+    models_dir: str | None = None           # where trained trial models are saved (tensors)
 
     @property
     def profile_names(self) -> list[str]:
@@ -216,6 +218,10 @@ def run_trial(trial, ctx: TrialContext) -> list[float]:
     trial.set_user_attr("dense_accuracy", dense_acc)
     metrics, reports = cost_metrics(model, ctx.task.input_shape, ctx.profiles)
     metrics["accuracy"] = accuracy
+    if ctx.models_dir:
+        from ..export import save_state
+        save_state(model, Path(ctx.models_dir) / f"{trial.number}.pt")
+    trial.set_user_attr("input_shape", list(ctx.task.input_shape))
     trial.set_user_attr("layer_costs", {  # per-layer breakdown for the report
         name: [[row["layer"], row["kind"], row["latency_ms"], row["output_bytes"],
                 row["flash_bytes"]] for row in r.layers] for name, r in reports.items()})

@@ -60,6 +60,8 @@ def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
 def _study_attrs(space: SearchSpace, profiles: list[HardwareProfile], objectives: list[str],
                  constraints, seed: int, task: Task) -> dict:
     return {"space": space.path or space.name, "space_name": space.name, "task": task.name,
+            "family": space.family, "task_input_shape": list(task.input_shape),
+            "num_classes": task.num_classes,
             "profiles": [p.name for p in profiles],
             "hardware": [p.path or p.name for p in profiles],
             "budgets": {p.name: {"sram_bytes": p.sram_bytes, "flash_bytes": p.flash_bytes}
@@ -230,7 +232,11 @@ def search(space: str | Path | SearchSpace, hardware: Sequence[str | HardwarePro
         sampler = "tpe"
     study = _open_study(name, storage_obj, attrs, directions, make_sampler(sampler, sampler_seed))
     fail_stale_running(study)
-    ctx = TrialContext(space, task_obj, profiles, objs, cons, seed, early_stop_margin=early_stop)
+    models_dir = None
+    if storage is None:
+        models_dir = str((study_dir(name, runs_dir) / "models").resolve())
+    ctx = TrialContext(space, task_obj, profiles, objs, cons, seed, early_stop_margin=early_stop,
+                       models_dir=models_dir)
     if backend == "ray":
         from .ray_backend import run_ray
         run_ray(study, ctx, n_trials, study.sampler, workers, ray_address, cpus_per_trial,

@@ -1,0 +1,307 @@
+"""Trained trial models: saved as tensors only, rebuilt from their configuration, exported
+for deployment (int8 TFLite, a C array for TFLM) and verified in the TFLM interpreter.
+
+A trial's pruned model is stored as a plain state dict (``runs/NAME/models/<trial>.pt``).
+Loading never unpickles code: :func:`rebuild` builds the dense architecture from the space
+and the trial's parameters, shrinks each layer to the shapes of the saved tensors (structured
+pruning removed channels), and loads the tensors with ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .errors import SearchpruneError
+from .io import atomic_write_bytes, atomic_write_text
+
+
+def save_state(model: nn.Module, path: str | Path) -> Path:
+    """The model's tensors (parameters and buffers), written atomically."""
+    import io
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def load_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors only: ``torch.load(weights_only=True)`` runs no code from the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise SearchpruneError(f"{path}: no saved model (was the trial trained?)") from None
+    except Exception as e:
+        raise SearchpruneError(f"{path}: not a file of tensors: {e}") from None
+
+
+def shrink_to(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """Resize every conv / linear / BatchNorm to the shapes in ``state`` (what structured
+    pruning left), so that ``load_state_dict`` fits."""
+    for name, m in model.named_modules():
+        w = state.get(f"{name}.weight")
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)) and w is not None:
+            depthwise = m.groups > 1 and m.groups == m.in_channels
+            m.out_channels = w.shape[0]
+            if depthwise:  # channel multiplier 1: groups follow the channels
+                m.groups = m.in_channels = w.shape[0]
+            else:
+                m.in_channels = w.shape[1] * m.groups
+            m.weight = nn.Parameter(torch.empty_like(w))
+            if m.bias is not None:
+                m.bias = nn.Parameter(torch.empty(w.shape[0]))
+        elif isinstance(m, nn.Linear) and w is not None:
+            m.out_features, m.in_features = w.shape
+            m.weight = nn.Parameter(torch.empty_like(w))
+            if m.bias is not None:
+                m.bias = nn.Parameter(torch.empty(w.shape[0]))
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            rm = state.get(f"{name}.running_mean")
+            if rm is not None:
+                n = rm.shape[0]
+                m.num_features = n
+                if m.affine:
+                    m.weight = nn.Parameter(torch.empty(n))
+                    m.bias = nn.Parameter(torch.empty(n))
+                m.running_mean = torch.empty(n)
+                m.running_var = torch.empty(n)
+    return model
+
+
+def rebuild(config: dict, state: dict[str, torch.Tensor]) -> nn.Module:
+    """The trained model from ``config`` (family, arch, input_shape, num_classes) and its
+    tensors. The family is imported by name, like the space that named it."""
+    from .spaces.families import resolve_family
+    builder = resolve_family(config["family"], "config.json")
+    model = builder(config["arch"], tuple(config["input_shape"]), int(config["num_classes"]))
+    shrink_to(model, state)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def load_model(folder: str | Path) -> nn.Module:
+    """Reload an exported model: ``folder/config.json`` + ``folder/model.pt`` (tensors only).
+
+    >>> # model = searchprune.export.load_model("deploy/")  # doctest: +SKIP
+    """
+    folder = Path(folder)
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise SearchpruneError(f"{folder / 'config.json'}: cannot be read: {e}") from None
+    return rebuild(config, load_state(folder / "model.pt"))
+
+
+# --------------------------------------------------------------------------- deployment
+
+def _litert():
+    try:
+        import litert_torch
+        from litert_torch.quantize.pt2e_quantizer import (PT2EQuantizer,
+                                                          get_symmetric_quantization_config)
+        from litert_torch.quantize.quant_config import QuantConfig
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    except ImportError as e:
+        raise SearchpruneError('export needs the converter: pip install -e ".[tflite]" '
+                               f"({e})") from None
+    return litert_torch, PT2EQuantizer, get_symmetric_quantization_config, QuantConfig, \
+        prepare_pt2e, convert_pt2e
+
+
+def quantize_int8(model: nn.Module, input_shape: tuple, calibration: torch.Tensor):
+    """Post-training int8 quantisation (PT2E, per-channel symmetric weights) of ``model`` with
+    NHWC input. ``calibration``: NCHW samples. Returns (quantised module, quantizer, sample)."""
+    litert_torch, PT2EQuantizer, config, _, prepare_pt2e, convert_pt2e = _litert()
+    nhwc = litert_torch.to_channel_last_io(model.eval(), args=[0]) if len(input_shape) == 3 \
+        else model.eval()
+    sample = (torch.zeros(1, *_nhwc(input_shape)),)
+    exported = torch.export.export(nhwc, sample).module()
+    quantizer = PT2EQuantizer().set_global(config(is_per_channel=True, is_dynamic=False))
+    prepared = prepare_pt2e(exported, quantizer)
+    with torch.no_grad():
+        for x in calibration:
+            prepared(_to_nhwc(x[None]))
+    converted = convert_pt2e(prepared, fold_quantize=False)
+    converted.training = False
+    return converted, quantizer, sample
+
+
+def _nhwc(shape: tuple) -> tuple:
+    return (shape[1], shape[2], shape[0]) if len(shape) == 3 else tuple(shape)
+
+
+def _to_nhwc(x: torch.Tensor) -> torch.Tensor:
+    return x.permute(0, 2, 3, 1) if x.dim() == 4 else x
+
+
+def to_tflite(model: nn.Module, input_shape: tuple, calibration: torch.Tensor) -> bytes:
+    """Full-int8 TFLite flatbuffer (int8 input and output, NHWC input: no TRANSPOSE at the
+    input), converted with litert-torch."""
+    import tempfile
+    litert_torch, _, _, QuantConfig, _, _ = _litert()
+    converted, quantizer, sample = quantize_int8(model, input_shape, calibration)
+    edge = litert_torch.convert(converted, sample, quant_config=QuantConfig(pt2e_quantizer=quantizer))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.tflite"
+        edge.export(str(path))
+        return path.read_bytes()
+
+
+def tflite_ops(flatbuffer: bytes) -> list[dict]:
+    """The operators of a .tflite flatbuffer in execution order: builtin name, the shapes of
+    its non-constant inputs and of its outputs (NHWC)."""
+    from ai_edge_litert import schema_py_generated as schema
+    model = schema.Model.GetRootAsModel(flatbuffer, 0)
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    graph = model.Subgraphs(0)
+
+    def shape(t):
+        tensor = graph.Tensors(t)
+        return tuple(int(tensor.Shape(i)) for i in range(tensor.ShapeLength()))
+
+    def constant(t):
+        return model.Buffers(graph.Tensors(t).Buffer()).DataLength() > 0
+
+    ops = []
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        code = model.OperatorCodes(op.OpcodeIndex())
+        ins = [op.Inputs(j) for j in range(op.InputsLength())]
+        ops.append({"op": names[max(code.BuiltinCode(), code.DeprecatedBuiltinCode())],
+                    "inputs": [shape(t) for t in ins if t >= 0 and not constant(t)],
+                    "weights": [shape(t) for t in ins if t >= 0 and constant(t)],
+                    "outputs": [shape(op.Outputs(j)) for j in range(op.OutputsLength())]})
+    return ops
+
+
+class TFLMRunner:
+    """The real TFLM interpreter (tflite-micro, reference kernels) on one flatbuffer."""
+
+    def __init__(self, flatbuffer: bytes, arena_size: int = 1 << 22):
+        try:
+            from tflite_micro.python.tflite_micro import runtime
+        except ImportError:
+            raise SearchpruneError('verification needs tflite-micro: pip install -e ".[tflite]"') \
+                from None
+        self.interpreter = runtime.Interpreter.from_bytes(flatbuffer, arena_size=arena_size)
+        inp = self.interpreter.get_input_details(0)
+        self.scale = float(inp["quantization_parameters"]["scales"][0])
+        self.zero_point = int(inp["quantization_parameters"]["zero_points"][0])
+        self.input_shape = tuple(int(v) for v in inp["shape"])
+
+    def allocations(self) -> dict[str, int]:
+        """Arena bytes the interpreter planned: total, head (activations + scratch), tail."""
+        import os
+        import re
+        import tempfile
+        with tempfile.TemporaryFile(mode="w+") as f:
+            saved = os.dup(2)
+            os.dup2(f.fileno(), 2)  # print_allocations writes to the C-level stderr
+            try:
+                self.interpreter.print_allocations()
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+            f.seek(0)
+            text = f.read()
+        return {k: int(re.search(rf"allocation {k} (\d+) bytes", text).group(1))
+                for k in ("total", "head", "tail")}
+
+    def predict(self, x: torch.Tensor):
+        """Top-1 classes of NCHW float samples, through int8 in the interpreter."""
+        import numpy as np
+        out = []
+        for sample in x:
+            q = torch.round(_to_nhwc(sample[None]) / self.scale + self.zero_point)
+            q = q.clamp(-128, 127).to(torch.int8).numpy().reshape(self.input_shape)
+            self.interpreter.set_input(q, 0)
+            self.interpreter.invoke()
+            out.append(int(np.argmax(self.interpreter.get_output(0))))
+        return out
+
+
+def c_array(flatbuffer: bytes, name: str, arena_bytes: int) -> tuple[str, str]:
+    """``model_data.h`` / ``model_data.cc``: the flatbuffer as a 16-byte aligned array, its
+    length and the tensor-arena size to give TFLM."""
+    header = (f"// Generated by searchprune: int8 TFLite model for TFLM.\n#pragma once\n"
+              f"#include <cstddef>\n\n"
+              f"constexpr size_t {name}_arena_size = {arena_bytes};  // bytes for the tensor arena\n"
+              f"extern const unsigned char {name}[];\nextern const size_t {name}_len;\n")
+    rows = [", ".join(f"0x{b:02x}" for b in flatbuffer[i:i + 12])
+            for i in range(0, len(flatbuffer), 12)]
+    body = (f'#include "model_data.h"\n\nalignas(16) const unsigned char {name}[] = {{\n  '
+            + ",\n  ".join(rows) + f"\n}};\nconst size_t {name}_len = {len(flatbuffer)};\n")
+    return header, body
+
+
+def export_trial(result, number: int, out: str | Path, runs_dir: str | Path = "runs",
+                 verify_samples: int | None = None) -> Path:
+    """Write ``model.pt``, ``config.json``, ``model_int8.tflite``, ``model_data.cc/.h`` and
+    ``verify.json`` for trial ``number`` of a study (see the README)."""
+    from .cost import estimate
+    from .hardware import load_profile
+    from .pruning import sparsity
+    from .search.optuna_backend import study_dir
+    from .training import evaluate, load_task
+    out = Path(out)
+    study = result.study
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    if number not in trials:
+        raise SearchpruneError(f"study {result.name!r} has no trial {number}")
+    trial = trials[number]
+    if not trial.user_attrs.get("trained"):
+        raise SearchpruneError(f"trial {number} was not trained (rejected or stopped): "
+                               "nothing to export")
+    attrs = study.user_attrs
+    config = {"study": result.name, "trial": number, "family": attrs["family"],
+              "space": attrs["space"], "arch": trial.user_attrs["arch"],
+              "input_shape": trial.user_attrs["input_shape"], "num_classes": attrs["num_classes"],
+              "pruning": {**trial.user_attrs.get("pruning", {}),
+                          "achieved_ratios": trial.user_attrs.get("achieved_ratios", {})},
+              "metrics": trial.user_attrs.get("metrics", {}), "task": attrs["task"]}
+    state = load_state(study_dir(result.name, runs_dir) / "models" / f"{number}.pt")
+    model = rebuild(config, state)
+    config["sparsity"] = sparsity(model)
+    task = load_task(attrs["task"])
+    shape = tuple(config["input_shape"])
+    if len(shape) == 3 and shape != tuple(task.input_shape):
+        task = task.resized(shape[1:])
+    x_train, _ = task.tensors("train")
+    flatbuffer = to_tflite(model, shape, x_train[:256])
+    profiles = [load_profile(h) for h in attrs["hardware"]]
+    reports = estimate(model, (1, *shape), profiles)
+    config["costs"] = {r.profile: {**r.metrics(), "arena_bytes": r.arena_bytes,
+                                   "model_bytes": r.model_bytes} for r in reports}
+    runner = TFLMRunner(flatbuffer)
+    alloc = runner.allocations()
+    x_test, y_test = task.tensors("test")
+    if verify_samples:
+        x_test, y_test = x_test[:verify_samples], y_test[:verify_samples]
+    with torch.no_grad():
+        torch_top1 = model(x_test).argmax(1).tolist()
+    tflm_top1 = runner.predict(x_test)
+    agree = sum(a == b for a, b in zip(torch_top1, tflm_top1)) / len(tflm_top1)
+    ops = tflite_ops(flatbuffer)
+    verify = {"samples": len(tflm_top1),
+              "full_int8": not any(o["op"] in ("DEQUANTIZE", "QUANTIZE") for o in ops),
+              "ops": [o["op"] for o in ops],
+              "top1_agreement_tflm_vs_pytorch": agree,
+              "accuracy_pytorch": sum(int(a == b) for a, b in zip(torch_top1, y_test.tolist()))
+              / len(tflm_top1),
+              "accuracy_int8_tflm": sum(int(a == b) for a, b in zip(tflm_top1, y_test.tolist()))
+              / len(tflm_top1),
+              "tflm_arena_head_bytes": alloc["head"], "tflm_arena_total_bytes": alloc["total"],
+              "tflite_file_bytes": len(flatbuffer),
+              "estimates": {r.profile: {"arena_bytes": r.arena_bytes, "model_bytes": r.model_bytes}
+                            for r in reports}}
+    arena_for_c = alloc["total"] + 1024  # measured on a 64-bit host: ample for a 32-bit MCU
+    header, body = c_array(flatbuffer, "g_model", arena_for_c)
+    out.mkdir(parents=True, exist_ok=True)
+    save_state(model, out / "model.pt")
+    atomic_write_text(out / "config.json", json.dumps(config, indent=2, default=float))
+    atomic_write_bytes(out / "model_int8.tflite", flatbuffer)
+    atomic_write_text(out / "model_data.h", header)
+    atomic_write_text(out / "model_data.cc", body)
+    atomic_write_text(out / "verify.json", json.dumps(verify, indent=2))
+    return out

@@ -1,0 +1,138 @@
+"""Deployment: int8 TFLite export, C array, and the real TFLM interpreter as the judge."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import yaml
+
+import searchprune as sp
+from conftest import TINY_SPACE
+
+pytest.importorskip("litert_torch", reason="the converter is not installed (pip install -e '.[tflite]')")
+pytest.importorskip("tflite_micro", reason="tflite-micro is not installed (pip install -e '.[tflite]')")
+from searchprune.export import TFLMRunner, load_model, tflite_ops, to_tflite  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+TFLM_REF = "stm32l4r5-tflm-ref"  # TFLM with reference kernels, as in the Python interpreter
+
+
+def sampled_architectures(per_space=4):
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    out = []
+    for name in ("digits_plain", "digits_mbv2", "digits_dscnn", "digits_resnet", "digits_mlp"):
+        space = sp.load_space(name)
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+        for _ in range(per_space):
+            trial = study.ask()
+            arch = space.sample(trial)
+            study.tell(trial, 0.0)
+            out.append((name, space, arch))
+    return out
+
+
+def test_planned_arena_equals_the_tflm_head():
+    """20 architectures from the bundled spaces (plain, depthwise-separable, inverted
+    residual, residual, MLP; resolutions 8-16, strides 1-2): the estimate of the arena
+    TFLM plans equals what the real interpreter allocates, for every fully-int8 graph."""
+    full_int8, mismatches, gaps = 0, [], []
+    for k, (name, space, arch) in enumerate(sampled_architectures()):
+        shape = space.input_shape(arch, (1, 8, 8))
+        torch.manual_seed(k)
+        model = space.build(arch, shape, 10).eval()
+        flatbuffer = to_tflite(model, shape, torch.rand(16, *shape))
+        ops = [o["op"] for o in tflite_ops(flatbuffer)]
+        assert ops[0] != "TRANSPOSE"  # NHWC input: the sensor buffer goes in as is
+        if "DEQUANTIZE" in ops:  # the converter left an op in float: not what we model
+            gaps.append((name, arch))
+            continue
+        full_int8 += 1
+        head = TFLMRunner(flatbuffer).allocations()["head"]
+        estimate = sp.estimate(model, (1, *shape), TFLM_REF).arena_bytes
+        if head != estimate:
+            mismatches.append((name, arch, head, estimate))
+    assert mismatches == []
+    assert full_int8 >= 15, gaps  # a few inverted-residual adds stay float (see README)
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("export")
+    out = {}
+    for gran in ("structured", "unstructured"):
+        data = yaml.safe_load(TINY_SPACE)
+        data["pruning"] = {"granularity": gran, "criterion": "l1", "ratio": 0.5}
+        data["arch"] = {"n_blocks": 2, "channels": {"choices": [32], "per": "n_blocks"},
+                        "block": {"choices": ["conv"], "per": "n_blocks"}, "kernel_size": 3}
+        data["training"] = {"epochs": 8, "finetune_epochs": 2, "batch_size": 32, "lr": 0.01}
+        space = tmp / f"{gran}.yaml"
+        space.write_text(yaml.safe_dump(data))
+        runs = tmp / "runs"
+        result = sp.search(space, hardware=["stm32f746-tflm-cmsisnn"], n_trials=1, name=gran,
+                           runs_dir=runs, quiet=True, seed=0)
+        out[gran] = (result, runs)
+    return out
+
+
+@pytest.mark.parametrize("gran", ["structured", "unstructured"])
+def test_export_a_trial(studies, tmp_path, gran):
+    result, runs = studies[gran]
+    out = result.export(0, tmp_path / "deploy", runs_dir=runs)
+    for f in ("model.pt", "config.json", "model_int8.tflite", "model_data.cc", "model_data.h",
+              "verify.json"):
+        assert (out / f).is_file(), f
+    verify = json.loads((out / "verify.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    assert verify["top1_agreement_tflm_vs_pytorch"] >= 0.98
+    assert verify["full_int8"] and verify["samples"] == 450
+    assert verify["tflm_arena_head_bytes"] > 0 and verify["tflite_file_bytes"] == \
+        (out / "model_int8.tflite").stat().st_size
+    ops = tflite_ops((out / "model_int8.tflite").read_bytes())
+    convs = [o for o in ops if o["op"] in ("CONV_2D", "DEPTHWISE_CONV_2D")]
+    widths = [o["outputs"][0][-1] for o in convs]
+    if gran == "structured":  # a smaller dense graph: 32 -> 16 channels
+        assert max(widths) == 16 and config["pruning"]["achieved_ratios"]
+    else:  # the same shapes, and the pruned weights are zeros
+        assert max(widths) == 32 and config["sparsity"] >= 0.3
+    model = load_model(out)  # tensors only, architecture from config.json
+    x, _ = sp.digits_task().tensors("test")
+    with torch.no_grad():
+        assert model(x[:32]).argmax(1).tolist() == \
+            load_model(out)(x[:32]).argmax(1).tolist()
+    assert abs(config["metrics"]["accuracy"] - verify["accuracy_pytorch"]) < 1e-9
+
+
+def test_c_array_compiles(studies, tmp_path):
+    compiler = shutil.which("g++") or shutil.which("c++")
+    if not compiler:
+        pytest.skip("no C++ compiler")
+    result, runs = studies["structured"]
+    out = result.export(0, tmp_path / "deploy", runs_dir=runs)
+    header = (out / "model_data.h").read_text()
+    assert "g_model_arena_size" in header and "g_model_len" in header
+    assert "alignas(16)" in (out / "model_data.cc").read_text()
+    main = tmp_path / "main.cc"
+    main.write_text('#include "model_data.h"\nint main() { return g_model_len > 0 && '
+                    'g_model_arena_size > 0 && (reinterpret_cast<unsigned long>(g_model) % 16) '
+                    '== 0 ? 0 : 1; }\n')
+    exe = tmp_path / "check"
+    subprocess.run([compiler, "-std=c++17", "-I", str(out), str(out / "model_data.cc"), str(main),
+                    "-o", str(exe)], check=True)
+    assert subprocess.run([str(exe)]).returncode == 0
+
+
+def test_export_from_the_cli(studies, tmp_path):
+    result, runs = studies["structured"]
+    proc = subprocess.run([sys.executable, "-m", "searchprune", "export", "structured", "--trial",
+                           "0", "--out", str(tmp_path / "cli"), "--runs-dir", str(runs)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "int8 top-1 agrees with PyTorch" in proc.stdout
+    bad = subprocess.run([sys.executable, "-m", "searchprune", "export", "structured", "--trial",
+                          "7", "--out", str(tmp_path / "x"), "--runs-dir", str(runs)],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and "no trial 7" in bad.stderr and "Traceback" not in bad.stderr
