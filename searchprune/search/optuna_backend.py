@@ -243,7 +243,13 @@ def search(space: str | Path | SearchSpace, hardware: Sequence[str | HardwarePro
                 gpus_per_trial, max_retries, quiet)
         return SearchResult(study)
     procs = []
+    threads = None
     if workers > 1:
+        import torch
+        # one process per worker: share the cores instead of oversubscribing them (OpenMP
+        # threads spinning on a busy core slow every process down)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
         spawn = multiprocessing.get_context("spawn")
         kwargs = dict(space=str(space.path or space.name), hardware=[p.path or p.name for p in
                                                                      profiles],
@@ -265,6 +271,9 @@ def search(space: str | Path | SearchSpace, hardware: Sequence[str | HardwarePro
     finally:
         for proc in procs:
             proc.join()
+        if threads is not None:
+            import torch
+            torch.set_num_threads(threads)
     return SearchResult(study)
 
 
@@ -314,7 +323,7 @@ def search_pruning(model, task: Task | str, hardware, ratio_range: tuple = (0.0,
 def _worker(kwargs: dict, index: int) -> None:
     """One extra worker process of an Optuna-backend search (same study, own sampler seed)."""
     import torch
-    torch.set_num_threads(1)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // kwargs.get("workers", 2)))
     search(**kwargs, _worker_index=index)
 
 
