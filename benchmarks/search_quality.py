@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import optuna
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -24,7 +25,8 @@ from searchprune.io import write_rows_csv  # noqa: E402
 from searchprune.search.metrics import is_maximized  # noqa: E402
 
 HW = ["stm32f746-tflm-cmsisnn", "stm32g031-cgen"]
-RUNS = [("nsga2", None), ("tpe", None), ("random", None), ("nsga2", 0.15)]
+RUNS = [("nsga2", None), ("nsga2-pop10", None), ("tpe", None), ("random", None),
+        ("nsga2", 0.15)]
 
 
 def main() -> None:
@@ -40,7 +42,9 @@ def main() -> None:
     for seed in seeds:
         for sampler, early in RUNS:
             t0 = time.perf_counter()
-            r = sp.search(space, hardware=HW, n_trials=n_trials, seed=seed, sampler=sampler,
+            chosen = sampler if sampler != "nsga2-pop10" else \
+                optuna.samplers.NSGAIISampler(seed=seed, population_size=10)
+            r = sp.search(space, hardware=HW, n_trials=n_trials, seed=seed, sampler=chosen,
                           storage="memory", quiet=True, task=task, early_stop=early)
             wall = time.perf_counter() - t0
             label = sampler + (f"+early_stop({early})" if early else "")

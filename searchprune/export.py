@@ -127,6 +127,19 @@ def quantize_int8(model: nn.Module, input_shape: tuple, calibration: torch.Tenso
     return converted, quantizer, sample
 
 
+@torch.no_grad()
+def int8_accuracy(model: nn.Module, task, calibration_samples: int = 64) -> float:
+    """Test accuracy of ``model`` after the same post-training int8 quantisation the export
+    uses (PT2E q/dq graph, evaluated in PyTorch, one sample at a time as on the MCU)."""
+    shape = tuple(task.input_shape)
+    x_train, _ = task.tensors("train")
+    quantized, _, _ = quantize_int8(model, shape, x_train[:calibration_samples])
+    x, y = task.tensors("test")
+    correct = sum(int(quantized(_to_nhwc(x[i:i + 1])).argmax(-1).item() == int(y[i]))
+                  for i in range(len(x)))
+    return correct / len(x)
+
+
 def _nhwc(shape: tuple) -> tuple:
     return (shape[1], shape[2], shape[0]) if len(shape) == 3 else tuple(shape)
 
@@ -137,7 +150,7 @@ def _to_nhwc(x: torch.Tensor) -> torch.Tensor:
 
 def to_tflite(model: nn.Module, input_shape: tuple, calibration: torch.Tensor) -> bytes:
     """Full-int8 TFLite flatbuffer (int8 input and output, NHWC input: no TRANSPOSE at the
-    input), converted with litert-torch."""
+    input), converted with litert-torch, tensor names stripped."""
     import tempfile
     litert_torch, _, _, QuantConfig, _, _ = _litert()
     converted, quantizer, sample = quantize_int8(model, input_shape, calibration)
@@ -145,7 +158,26 @@ def to_tflite(model: nn.Module, input_shape: tuple, calibration: torch.Tensor) -
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.tflite"
         edge.export(str(path))
-        return path.read_bytes()
+        return strip_names(path.read_bytes())
+
+
+def strip_names(flatbuffer: bytes) -> bytes:
+    """The same model without tensor names, signature and metadata: litert-torch writes long
+    names that cost flash on the MCU (a 8.6 KB model shrinks to 4.5 KB) and TFLM never reads."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+    model = schema.ModelT.InitFromPackedBuf(flatbuffer, 0)
+    for graph in model.subgraphs:
+        graph.name = b""
+        for tensor in graph.tensors:
+            tensor.name = b""
+    model.description = b""
+    model.signatureDefs = None
+    model.metadata = None
+    model.metadataBuffer = None
+    builder = flatbuffers.Builder(len(flatbuffer))
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
 
 
 def tflite_ops(flatbuffer: bytes) -> list[dict]:

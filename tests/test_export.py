@@ -136,3 +136,17 @@ def test_export_from_the_cli(studies, tmp_path):
                           "7", "--out", str(tmp_path / "x"), "--runs-dir", str(runs)],
                          capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and "no trial 7" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_int8_accuracy_as_an_objective(tiny_space):
+    result = sp.search(tiny_space, hardware=["stm32f746-tflm-cmsisnn"], n_trials=2, seed=0,
+                       objectives=["accuracy_int8", "latency_ms"], storage="memory", quiet=True)
+    trials = result.trials
+    trained = trials[trials["trained"]]
+    assert len(trained) >= 1
+    assert trained["accuracy_int8"].between(0.1, 1.0).all()
+    # int8 stays close to float for these small nets
+    assert (trained["accuracy_int8"] - trained["accuracy"]).abs().max() < 0.05
+    front = result.pareto
+    assert len(front) >= 1 and front["accuracy_int8"].notna().all()
+    assert result.objectives == ["accuracy_int8", "latency_ms@stm32f746-tflm-cmsisnn"]

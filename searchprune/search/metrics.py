@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from ..errors import ConfigError, UnknownNameError
 
 COST_METRICS = ("latency_ms", "peak_ram_bytes", "flash_bytes", "energy_uj", "macs", "params")
-MODEL_METRICS = ("accuracy",)
+MODEL_METRICS = ("accuracy", "accuracy_int8")  # accuracy_int8 needs the [tflite] extra
 METRICS = MODEL_METRICS + COST_METRICS
 DEFAULT_OBJECTIVES = ("accuracy", "latency_ms", "peak_ram_bytes", "flash_bytes")
 
@@ -22,6 +22,12 @@ def resolve_metric(name: str, profiles: list[str]) -> str:
     base, _, prof = str(name).partition("@")
     if base not in METRICS:
         raise UnknownNameError("metric", base, METRICS)
+    if base == "accuracy_int8":
+        try:
+            import litert_torch  # noqa: F401
+        except ImportError:
+            raise ConfigError("argument", "objective", name, 'accuracy_int8 needs the int8 '
+                              'quantizer: pip install -e ".[tflite]"') from None
     if base in MODEL_METRICS:
         if prof:
             raise ConfigError("argument", "objective", name, f"{base} does not depend on the MCU")

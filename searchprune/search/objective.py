@@ -46,6 +46,12 @@ class TrialContext:
     def profile_names(self) -> list[str]:
         return [p.name for p in self.profiles]
 
+    @property
+    def needs_int8(self) -> bool:
+        """Int8 accuracy is computed only when an objective or constraint uses it."""
+        return "accuracy_int8" in self.objectives or \
+            any(c.metric == "accuracy_int8" for c in self.constraints)
+
     def for_arch(self, arch: dict) -> "TrialContext":
         """This context with the task resized to the architecture's input resolution."""
         shape = self.space.input_shape(arch, self.task.input_shape)
@@ -213,11 +219,16 @@ def run_trial(trial, ctx: TrialContext) -> list[float]:
         _finish(trial, ctx, metrics, cons, accuracy=None, trained=False)
         raise optuna.TrialPruned(str(e)) from None
     accuracy = ctx.evaluate_fn(model, ctx.task)
+    accuracy_int8 = None
+    if ctx.needs_int8:
+        from ..export import int8_accuracy
+        accuracy_int8 = int8_accuracy(model, ctx.task)
     trial.set_user_attr("achieved_ratios", achieved_ratios(model, plan, widths_dense))
     trial.set_user_attr("sparsity", sparsity(model))
     trial.set_user_attr("dense_accuracy", dense_acc)
     metrics, reports = cost_metrics(model, ctx.task.input_shape, ctx.profiles)
     metrics["accuracy"] = accuracy
+    metrics["accuracy_int8"] = accuracy_int8
     if ctx.models_dir:
         from ..export import save_state
         save_state(model, Path(ctx.models_dir) / f"{trial.number}.pt")
@@ -240,7 +251,7 @@ def achieved_ratios(model: nn.Module, plan: dict, widths_dense: dict) -> dict[st
 
 
 def _finish(trial, ctx: TrialContext, metrics: dict, cons: dict, accuracy, trained: bool):
-    metrics = {**metrics, "accuracy": accuracy}
+    metrics = {"accuracy_int8": None, **metrics, "accuracy": accuracy}
     for c in ctx.constraints:  # accuracy bounds of an untrained candidate count as violated
         if str(c) not in cons:
             cons[str(c)] = abs(c.bound) + 1.0

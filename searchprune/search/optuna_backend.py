@@ -47,7 +47,10 @@ def storage_url(name: str, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> str:
     return f"sqlite:///{(study_dir(name, runs_dir) / 'study.db').resolve()}"
 
 
-def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
+def make_sampler(name, seed: int | None) -> optuna.samplers.BaseSampler:
+    """A sampler by name (``nsga2``, ``tpe``, ``random``), or any Optuna sampler as is."""
+    if isinstance(name, optuna.samplers.BaseSampler):
+        return name
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)
     if name == "tpe":
@@ -166,7 +169,8 @@ def search(space: str | Path | SearchSpace, hardware: Sequence[str | HardwarePro
     ``constraints``: ``{"latency_ms": 50}`` or ``["latency_ms<=50"]``. ``storage``: None for
     ``runs/<name>/study.db`` (resumed when it exists), ``"memory"``, or an Optuna URL.
     ``n_trials`` is the total the study should hold (completed or pruned); a resumed study
-    only runs what is missing. ``sampler``: ``"nsga2"`` (default), ``"tpe"``, ``"random"``.
+    only runs what is missing. ``sampler``: ``"nsga2"`` (default), ``"tpe"``, ``"random"``,
+    or an ``optuna.samplers.BaseSampler`` instance.
 
     ``backend="optuna"`` runs here, with ``workers`` processes sharing the SQLite study;
     ``backend="ray"`` runs the same trials on Ray Tune (``ray_address`` joins a cluster,

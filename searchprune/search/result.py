@@ -41,8 +41,8 @@ class SearchResult:
                    "duration": t.duration.total_seconds() if t.duration else math.nan,
                    "feasible": bool(a.get("feasible", False)) and t.state.name == "COMPLETE",
                    "trained": bool(a.get("trained", False))}
-            acc = m.get("accuracy")
-            row["accuracy"] = math.nan if acc is None else acc
+            for key in ("accuracy", "accuracy_int8"):
+                row[key] = math.nan if m.get(key) is None else m[key]
             for metric in COST_METRICS:
                 row[metric] = m.get(f"{metric}@{first}", math.nan)
             for p in self.profiles:
