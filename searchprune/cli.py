@@ -236,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "flash_bytes; METRIC@PROFILE for another MCU")
     s.add_argument("--constraint", action="append", metavar="EXPR",
                    help="extra hard constraint, e.g. latency_ms<=50 or accuracy>=0.9 (repeat)")
-    s.add_argument("--sampler", default="nsga2", choices=["nsga2", "tpe", "random"])
+    s.add_argument("--sampler", default="tpe", choices=["tpe", "nsga2", "random"],
+                   help="tpe (default; multivariate TPE), nsga2 or random")
     s.add_argument("--backend", default="optuna", choices=["optuna", "ray"],
                    help="optuna: this machine (default); ray: a Ray cluster via Ray Tune")
     s.add_argument("--workers", type=int, default=1,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import time
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -155,9 +156,9 @@ def train_and_prune(model: nn.Module, plan: dict, ctx: TrialContext, seed: int,
                      teacher=teacher)
 
     if pr.schedule == "lottery":
-        rounds = iter(range(10 ** 6))
+        seeds = itertools.count(seed)  # each training run of the lottery gets its own seed
         model = lottery_ticket(model, plan["ratios"], pr.steps,
-                               lambda m, n: fit(m, n, seed + next(rounds)), tr.epochs,
+                               lambda m, n: fit(m, n, next(seeds)), tr.epochs,
                                pr.rewind_epoch, **kwargs)
         return model, None
     if tr.epochs:  # 0 for a pruning-only search of a trained model
