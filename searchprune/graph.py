@@ -272,6 +272,13 @@ def _module_output(mod: nn.Module, args, kwargs):
         return torch.empty((*x.shape[:-1], mod.out_features), device="meta")
     if isinstance(mod, _SHAPE_PRESERVING):
         return torch.empty(x.shape, device="meta")
+    if isinstance(mod, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+        # (the meta kernel is slow on every new shape: a search sees many)
+        n = x.dim() - 2
+        size = mod.output_size if isinstance(mod.output_size, (tuple, list)) else \
+            (mod.output_size,) * n
+        spatial = tuple(x.shape[2 + i] if s is None else s for i, s in enumerate(size))
+        return torch.empty((*x.shape[:2], *spatial), device="meta")
     if any(True for _ in mod.parameters(recurse=False)):
         raise UnsupportedOpError(f"the cost model does not know module {type(mod).__name__}")
     return mod(*args, **kwargs)  # parameterless: pooling, flatten, softmax, upsample...

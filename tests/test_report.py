@@ -134,3 +134,21 @@ def test_dashboard_serves_the_study_with_metric_names(study):
         proc.terminate()
         out, _ = proc.communicate(timeout=10)
     assert f"http://127.0.0.1:{port}/dashboard/" in out
+
+
+@pytest.mark.bad_input
+def test_dashboard_warns_when_served_beyond_this_machine(study):
+    pytest.importorskip("optuna_dashboard")
+    result, runs = study
+    port = _free_port()
+    # 127.0.0.2 is still loopback, but not the default: the command must warn
+    proc = subprocess.Popen([sys.executable, "-m", "searchprune", "dashboard", "rep", "--host",
+                             "127.0.0.2", "--port", str(port), "--runs-dir", str(runs)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        line = proc.stderr.readline()
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+    assert "warning" in line and "anyone who can reach this address" in line
