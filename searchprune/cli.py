@@ -317,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("searchprune: interrupted; completed trials are kept in the study", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `searchprune profiles | head`
+        sys.stderr.close()
+        return 0
     return 0
 
 
