@@ -210,3 +210,28 @@ def test_tflm_lowering_adds_pad_and_input_reshape():
     r_tflm = sp.estimate(mlp, (1, 1, 8, 8), tflm)
     r_other = sp.estimate(mlp, (1, 1, 8, 8), profile())
     assert r_tflm.arena_bytes == 64 + 64 and r_other.arena_bytes == 64 + 16
+
+
+class Audio1d(nn.Module):
+    """Conv1d with stride and dilation, max pooling, upsampling, softmax."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(2, 8, 3, stride=2, padding=2, dilation=2)
+        self.pool = nn.MaxPool1d(2)
+        self.up = nn.Upsample(scale_factor=2)
+        self.head = nn.Conv1d(8, 4, 1)
+
+    def forward(self, x):
+        return torch.softmax(self.head(self.up(self.pool(torch.relu(self.conv(x))))), dim=1)
+
+
+def test_conv1d_dilation_pooling_upsample_shapes_and_macs():
+    r = sp.estimate(Audio1d(), (1, 2, 32), profile())
+    rows = {row["kind"] + ":" + str(row["out_shape"]): row for row in r.layers}
+    # L_out = (32 + 2*2 - 2*(3-1) - 1) // 2 + 1 = 16
+    assert rows["conv:(1, 8, 16)"]["macs"] == 16 * 8 * 3 * 2
+    assert "pool:(1, 8, 8)" in rows and "elementwise:(1, 8, 16)" in rows  # upsampled back
+    assert rows["pointwise:(1, 4, 16)"]["macs"] == 16 * 4 * 8
+    assert r.layers[-1]["kind"] == "elementwise"  # softmax is an op, not dropped
+    assert r.macs == 768 + 512
