@@ -117,7 +117,8 @@ def quantize_int8(model: nn.Module, input_shape: tuple, calibration: torch.Tenso
         else model.eval()
     sample = (torch.zeros(1, *_nhwc(input_shape)),)
     exported = torch.export.export(nhwc, sample).module()
-    quantizer = PT2EQuantizer().set_global(config(is_per_channel=True, is_dynamic=False))
+    quantizer = _add_aware(PT2EQuantizer)().set_global(config(is_per_channel=True,
+                                                             is_dynamic=False))
     prepared = prepare_pt2e(exported, quantizer)
     with torch.no_grad():
         for x in calibration:
@@ -125,6 +126,33 @@ def quantize_int8(model: nn.Module, input_shape: tuple, calibration: torch.Tenso
     converted = convert_pt2e(prepared, fold_quantize=False)
     converted.training = False
     return converted, quantizer, sample
+
+
+def _add_aware(base):
+    """litert-torch's quantizer leaves an ADD unannotated when no ReLU follows it (chained
+    inverted-residual blocks): the converter then emits DEQUANTIZE / float ADD / QUANTIZE.
+    This subclass annotates every remaining tensor add like litert's own add annotator."""
+    from litert_torch.quantize.pt2e_quantizer_utils import (QuantizationAnnotation,
+                                                            get_input_act_qspec,
+                                                            get_output_act_qspec)
+
+    class AddAwareQuantizer(base):
+        def annotate(self, model):
+            model = super().annotate(model)
+            cfg = self.global_config
+            for node in model.graph.nodes:
+                if node.op != "call_function" or node.target != torch.ops.aten.add.Tensor or \
+                        "quantization_annotation" in node.meta:
+                    continue
+                inputs = [a for a in node.args[:2] if isinstance(a, torch.fx.Node)]
+                if len(inputs) != 2:
+                    continue
+                node.meta["quantization_annotation"] = QuantizationAnnotation(
+                    input_qspec_map={a: get_input_act_qspec(cfg) for a in inputs},
+                    output_qspec=get_output_act_qspec(cfg), _annotated=True)
+            return model
+
+    return AddAwareQuantizer
 
 
 @torch.no_grad()
