@@ -4,8 +4,10 @@ Reads ``shared/calibration/measurements.csv`` (path as the first argument, defau
 ``../shared/calibration/measurements.csv``), and for each calibrated profile:
 - fits the cycles-per-MAC coefficients on that board + runtime's rows (``sp.calibrate``),
 - sets ``active_power_mw`` to the median of energy / latency where rows publish energy,
-- for TFLM runtimes fits the per-op and per-tensor flatbuffer overhead on the published
-  .tflite sizes.
+- for TFLM runtimes fits the flatbuffer format constants (per model, per op, per tensor, per
+  output channel) on the .tflite files searchprune's own export writes (litert-torch, names
+  stripped) for the smallest and largest candidate of every bundled space; the constants
+  that fit the published MLPerf Tiny files (an older converter) are printed for reference.
 Datasheet-only profiles copy the coefficients of the calibrated profile named in their
 ``source.derived_from``. Rewrites ``hw_profiles/*.yaml`` and writes the fit table to
 ``benchmarks/results/profile_fit.csv``.
@@ -74,6 +76,39 @@ def tflm_format_overheads(rows) -> tuple[int, int]:
     return tuple(max(int(round(c)), 0) for c in coef)
 
 
+def litert_format() -> dict:
+    """Format constants of searchprune's exported .tflite files, by least squares over the
+    bundled spaces' extremes (needs the [tflite] extra)."""
+    import torch
+    from searchprune.cost import _constant_tensors, lower
+    from searchprune.export import to_tflite
+    base = sp.load_profile("stm32l4r5-tflm-ref")
+    a, b, names = [], [], []
+    for name in sp.spaces.bundled_spaces():
+        space = sp.load_space(name)
+        for which in ("min", "max"):
+            arch = space.extreme(which)
+            shape = space.input_shape(arch, (1, 8, 8))
+            torch.manual_seed(0)
+            model = space.build(arch, shape, 10).eval()
+            size = len(to_tflite(model, shape, torch.rand(16, *shape)))
+            graph = lower(trace(model, (1, *shape)), base)
+            weighted = [op for op in graph.ops if op.weight_shape is not None]
+            consts = sum(op.weights + 4 * op.out_channels for op in weighted)
+            tensors = len(graph.inputs) + sum(1 + _constant_tensors(op) for op in graph.ops)
+            a.append([1, len(graph.ops) + 1, tensors, sum(op.out_channels for op in weighted)])
+            b.append(size - consts)
+            names.append(f"{name}-{which} ({size} B)")
+    coef, *_ = np.linalg.lstsq(np.array(a, float), np.array(b, float), rcond=None)
+    model_b, op_b, tensor_b, channel_b = (max(int(round(c)), 0) for c in coef)
+    pred = np.array(a, float) @ np.array([model_b, op_b, tensor_b, channel_b], float)
+    for n, p_, t in zip(names, pred, b):
+        print(f"  litert export {n:32s} format bytes {t:8.0f} fitted {p_:8.0f}")
+    return {"model_overhead_bytes": model_b, "op_overhead_bytes": op_b,
+            "tensor_overhead_bytes": tensor_b, "quant_bytes_per_channel": channel_b,
+            "per_channel_fc": True}
+
+
 def main() -> None:
     csv_path = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT.parent / "shared/calibration/measurements.csv"
     rows = list(csv.DictReader(csv_path.open()))
@@ -81,14 +116,15 @@ def main() -> None:
     table, fitted = [], {}
     tflm_rows = [r for r in rows if r["runtime"].startswith("TFLM") and r["flash_kb"]]
     op_bytes, channel_bytes = tflm_format_overheads(tflm_rows)
-    print(f"TFLM flatbuffer overhead fitted on .tflite sizes: {op_bytes} B/op, "
+    print(f"MLPerf Tiny .tflite files (older converter), for reference: {op_bytes} B/op, "
           f"{channel_bytes} B/conv output channel")
+    fmt = litert_format()
+    print(f"searchprune's exported .tflite files: {fmt}")
     for name, (board, runtime) in CALIBRATED.items():
         path = profiles_dir / f"{name}.yaml"
         data = yaml.safe_load(path.read_text())
         if data["runtime"]["name"].startswith("tflm"):
-            data["runtime"]["op_overhead_bytes"] = op_bytes
-            data["runtime"]["quant_bytes_per_channel"] = channel_bytes
+            data["runtime"].update(fmt)
         picked = select_rows(rows, board, runtime)
         base = sp.hardware.profile_from_dict(data, str(path))
         ms = [Measurement(zoo_name(r["model_name"]), float(r["latency_ms"]), label=r["case_id"])
@@ -123,8 +159,7 @@ def main() -> None:
         if parent in fitted:
             data["latency"] = dict(fitted[parent]["latency"])
             if data["runtime"]["name"].startswith("tflm"):
-                data["runtime"]["op_overhead_bytes"] = op_bytes
-                data["runtime"]["quant_bytes_per_channel"] = channel_bytes
+                data["runtime"].update(fmt)
             atomic_write_text(path, yaml.safe_dump(data, sort_keys=False, width=100))
     out = ROOT / "benchmarks/results/profile_fit.csv"
     out.parent.mkdir(exist_ok=True)

@@ -86,13 +86,25 @@ def _stored_weight_bytes(op: Op, profile: HardwareProfile) -> int:
     return op.weights
 
 
-def op_flash_bytes(op: Op, profile: HardwareProfile) -> int:
-    """Bytes of flash for one op: format metadata, int8 weights, int32 biases and the
-    quantisation parameters (per output channel for convolutions, per tensor for FC)."""
-    rt = profile.runtime
-    size = rt.op_overhead_bytes
+def _constant_tensors(op: Op) -> int:
+    """Constant tensors an op carries in the model file: weights and bias, or the shape /
+    paddings / axes operand of RESHAPE, PAD and MEAN."""
     if op.weight_shape is not None:
-        channels = 1 if op.kind == FC else op.out_channels
+        return 2
+    if op.kind == RESHAPE or op.module_type == "PAD" or \
+            (op.kind == POOL and not op.module_type.startswith(("MaxPool", "AvgPool"))):
+        return 1
+    return 0
+
+
+def op_flash_bytes(op: Op, profile: HardwareProfile) -> int:
+    """Bytes of flash for one op: format metadata (per op and per tensor), int8 weights,
+    int32 biases and the quantisation parameters (per output channel for convolutions, and
+    for FC where the profile says so, else per tensor)."""
+    rt = profile.runtime
+    size = rt.op_overhead_bytes + rt.tensor_overhead_bytes * (1 + _constant_tensors(op))
+    if op.weight_shape is not None:
+        channels = op.out_channels if (op.kind != FC or rt.per_channel_fc) else 1
         size += _stored_weight_bytes(op, profile) + 4 * op.out_channels
         size += channels * rt.quant_bytes_per_channel
     return size
@@ -248,7 +260,9 @@ def estimate_graph(graph: Graph, profile: HardwareProfile) -> CostReport:
                        "cycles": cycles, "latency_ms": cycles / profile.clock_hz * 1e3,
                        "flash_bytes": flash, "output_bytes": math.prod(op.out_shape),
                        "scratch_bytes": scratch_bytes(op, profile)})
-    model_bytes += profile.runtime.op_overhead_bytes  # model header, graph input and output
+    rt = profile.runtime  # model header, graph inputs
+    model_bytes += rt.op_overhead_bytes + rt.model_overhead_bytes + \
+        rt.tensor_overhead_bytes * len(graph.inputs)
     bufs = buffers(graph, profile)
     arena, plan = plan_arena(bufs)
     latency_ms = total_cycles / profile.clock_hz * 1e3

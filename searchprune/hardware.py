@@ -30,8 +30,11 @@ class Runtime:
     im2col: bool = False         # non-1x1 convolutions need an im2col scratch buffer
     sparse_storage: bool = False # unstructured / N:M zeros are not stored (saves flash)
     sparse_kernels: bool = False # zero weights are skipped at run time (saves time)
-    op_overhead_bytes: int = 0      # model-format metadata per operator and its tensors (flash)
+    op_overhead_bytes: int = 0      # model-format metadata per operator (flash)
     quant_bytes_per_channel: int = 0  # quantisation parameters per conv output channel (flash)
+    tensor_overhead_bytes: int = 0  # model-format metadata per tensor, constant or not (flash)
+    model_overhead_bytes: int = 0   # fixed model-format bytes (flash)
+    per_channel_fc: bool = False    # fully connected weights quantised per channel too
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,11 @@ def _runtime_from(data: dict, src: str) -> Runtime:
                                      **{**ints, "maximum": 1 << 20}),
         quant_bytes_per_channel=cfg.number(data, "quant_bytes_per_channel", src, pre, default=0,
                                            **{**ints, "maximum": 1024}),
+        tensor_overhead_bytes=cfg.number(data, "tensor_overhead_bytes", src, pre, default=0,
+                                         **{**ints, "maximum": 1 << 20}),
+        model_overhead_bytes=cfg.number(data, "model_overhead_bytes", src, pre, default=0,
+                                        **{**ints, "maximum": 1 << 24}),
+        per_channel_fc=cfg.boolean(data, "per_channel_fc", src, pre),
     )
 
 

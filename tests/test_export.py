@@ -49,10 +49,15 @@ def test_planned_arena_equals_the_tflm_head():
         assert ops[0] != "TRANSPOSE"  # NHWC input: the sensor buffer goes in as is
         assert "DEQUANTIZE" not in ops and "QUANTIZE" not in ops, (name, arch, ops)  # all int8
         head = TFLMRunner(flatbuffer).allocations()["head"]
-        estimate = sp.estimate(model, (1, *shape), TFLM_REF).arena_bytes
-        results.append((name, arch, head, estimate))
+        report = sp.estimate(model, (1, *shape), TFLM_REF)
+        results.append((name, arch, head, report.arena_bytes, len(flatbuffer), report.model_bytes))
     assert len(results) == 20
     assert [r for r in results if r[2] != r[3]] == []
+    # flash vs the .tflite size: measured 17 of 20 within 5 %, the rest within 8 % (small
+    # inverted-residual nets: per-op format bytes the linear model misses)
+    errors = [abs(estimate / size - 1) for *_, size, estimate in results]
+    assert max(errors) <= 0.08, errors
+    assert sum(e <= 0.05 for e in errors) >= 17, errors
 
 
 @pytest.fixture(scope="module")
