@@ -234,7 +234,7 @@ def lower(graph: Graph, profile: HardwareProfile) -> Graph:
     used = {t for op in ops for t in op.inputs} | {op.output for op in ops} | set(outputs)
     return Graph(ops=ops, tensors={k: v for k, v in tensors.items() if k in used or
                                    k in graph.inputs},
-                 inputs=graph.inputs, outputs=outputs, unknown=graph.unknown)
+                 inputs=graph.inputs, outputs=outputs)
 
 
 def _padding(op: Op) -> tuple | None:

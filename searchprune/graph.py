@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import operator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.fx
@@ -107,7 +107,6 @@ class Graph:
     tensors: dict[str, tuple]
     inputs: list[str]
     outputs: list[str]
-    unknown: list[str] = field(default_factory=list)
 
     def tensor_bytes(self, name: str, bytes_per_element: int = 1) -> int:
         return math.prod(self.tensors[name]) * bytes_per_element

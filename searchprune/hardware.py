@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
 
 from . import _config as cfg
 from .errors import ConfigError
@@ -65,11 +64,6 @@ class HardwareProfile:
     description: str = ""
     source: dict = field(default_factory=dict, compare=False)
     path: str = field(default="", compare=False)
-
-    def summary(self) -> dict[str, Any]:
-        return {"name": self.name, "core": self.core, "clock_mhz": self.clock_hz / 1e6,
-                "sram_kib": self.sram_bytes / 1024, "flash_kib": self.flash_bytes / 1024,
-                "runtime": self.runtime.name}
 
 
 _TOP_REQUIRED = ["name", "core", "clock_hz", "sram_bytes", "flash_bytes", "active_power_mw",

@@ -44,10 +44,6 @@ class TrialContext:
     models_dir: str | None = None           # where trained trial models are saved (tensors)
 
     @property
-    def profile_names(self) -> list[str]:
-        return [p.name for p in self.profiles]
-
-    @property
     def needs_int8(self) -> bool:
         """Int8 accuracy is computed only when an objective or constraint uses it."""
         return "accuracy_int8" in self.objectives or \
