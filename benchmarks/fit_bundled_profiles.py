@@ -137,11 +137,7 @@ def main() -> None:
                                               "calibration rows (EEMBC EnergyRunner)")
         data["latency"] = {k: v for k, v in vars(result.profile.latency).items()}
         data["source"]["calibration"] = {
-            "file": "shared/calibration/measurements.csv",
-            "rows": [m.label for m in ms],
-            "fitted_groups": [list(g) for g in result.groups],
-            "fit_errors_pct": {r["label"]: round(100 * r["error"], 2) for r in result.rows},
-            "fit_error_median_pct": round(100 * result.median_fit_error, 2),
+            "file": "shared/calibration/measurements.csv", **result.record(),
             "note": ("elementwise, pooling and per-op overhead coefficients are not separable "
                      "from these rows and keep their prior values"),
         }

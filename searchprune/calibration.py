@@ -68,6 +68,16 @@ class CalibrationResult:
     def median_loo_error(self) -> float | None:
         return statistics.median(abs(e) for e in self.loo_errors) if self.loo_errors else None
 
+    def record(self) -> dict:
+        """What a fitted profile's ``source.calibration`` says: rows, groups, errors (%)."""
+        return {"rows": [r["label"] or r["model"] for r in self.rows],
+                "fitted_groups": [list(g) for g in self.groups],
+                "fit_error_median_pct": round(100 * self.median_fit_error, 2),
+                "fit_errors_pct": {(r["label"] or r["model"]): round(100 * r["error"], 2)
+                                   for r in self.rows},
+                "loo_error_median_pct": None if self.median_loo_error is None
+                else round(100 * self.median_loo_error, 2)}
+
 
 def resolve_model(spec: str) -> Callable:
     """A zoo name or ``pkg.module:factory`` -> the factory callable."""
@@ -214,14 +224,6 @@ def write_profile(result: CalibrationResult, path: str | Path, base_path: str | 
     data = yaml.safe_load(Path(base_path).read_text())
     data["name"] = result.profile.name
     data["latency"] = dataclasses.asdict(result.profile.latency)
-    data.setdefault("source", {})["calibration"] = {
-        "rows": [r["label"] or r["model"] for r in result.rows],
-        "fitted_groups": [list(g) for g in result.groups],
-        "fit_error_median_pct": round(100 * result.median_fit_error, 2),
-        "fit_errors_pct": {(r["label"] or r["model"]): round(100 * r["error"], 2)
-                           for r in result.rows},
-        "loo_error_median_pct": None if result.median_loo_error is None
-        else round(100 * result.median_loo_error, 2),
-    }
+    data.setdefault("source", {})["calibration"] = result.record()
     from .io import atomic_write_text
     return atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))

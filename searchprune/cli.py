@@ -26,16 +26,12 @@ def _pd_print(df) -> None:
 def load_user_model(spec: str, weights: str | None):
     """``pkg.module:factory`` -> nn.Module, with a state dict loaded from ``weights``
     (``torch.load(weights_only=True)``: tensors only, no code runs from the file)."""
-    import torch
     from .calibration import resolve_model
+    from .export import load_state
     out = resolve_model(spec)()
     model = out[0] if isinstance(out, tuple) else out
     if weights:
-        try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise SearchpruneError(f"{weights}: cannot be loaded as a state dict of tensors: "
-                                   f"{e}") from None
+        state = load_state(weights)
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
         try:

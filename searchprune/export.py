@@ -31,7 +31,7 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise SearchpruneError(f"{path}: no saved model (was the trial trained?)") from None
+        raise SearchpruneError(f"{path}: file not found") from None
     except Exception as e:
         raise SearchpruneError(f"{path}: not a file of tensors: {e}") from None
 
@@ -320,7 +320,11 @@ def export_trial(result, number: int, out: str | Path, runs_dir: str | Path = "r
               "pruning": {**trial.user_attrs.get("pruning", {}),
                           "achieved_ratios": trial.user_attrs.get("achieved_ratios", {})},
               "metrics": trial.user_attrs.get("metrics", {}), "task": attrs["task"]}
-    state = load_state(study_dir(result.name, runs_dir) / "models" / f"{number}.pt")
+    saved = study_dir(result.name, runs_dir) / "models" / f"{number}.pt"
+    if not saved.is_file():
+        raise SearchpruneError(f"{saved}: trial {number} has no saved model (models are saved "
+                               "for studies stored under runs/)")
+    state = load_state(saved)
     model = rebuild(config, state)
     config["sparsity"] = sparsity(model)
     task = load_task(attrs["task"])

@@ -7,8 +7,8 @@ import copy
 import dataclasses
 import itertools
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import optuna
@@ -23,7 +23,7 @@ from ..pruning import (NEEDS_DATA, apply_masks, layer_widths, lottery_ticket, pa
                        prunable_layers, prune, prune_iteratively, sparsity)
 from ..spaces import SearchSpace
 from ..training import Task
-from .metrics import COST_METRICS, Constraint
+from .metrics import COST_METRICS, Constraint, is_maximized
 
 
 @dataclass
@@ -127,7 +127,7 @@ class EarlyStopped(Exception):
 def dominating_trial(accuracy: float, costs: dict, ctx: TrialContext, completed) -> int | None:
     """A completed, feasible, trained trial at least ``early_stop_margin`` more accurate
     than ``accuracy`` and no more costly on any cost objective; None if there is none."""
-    cost_objs = [o for o in ctx.objectives if o != "accuracy" and o in costs]
+    cost_objs = [o for o in ctx.objectives if not is_maximized(o)]
     for t in completed:
         a = t.user_attrs
         if not (a.get("feasible") and a.get("trained")):
@@ -195,8 +195,9 @@ def run_trial(trial, ctx: TrialContext) -> list[float]:
     trial.set_user_attr("gate_seconds", t2 - t1)    # pruned copy + cost model on every MCU
     trial.set_user_attr("arch", arch)
     trial.set_user_attr("pruning", {k: plan[k] for k in ("granularity", "criterion")})
-    trial.set_user_attr("gate_rejected", any(v > 0 for v in cons.values()))
-    if any(v > 0 for v in cons.values()):
+    rejected = any(v > 0 for v in cons.values())
+    trial.set_user_attr("gate_rejected", rejected)
+    if rejected:
         return _finish(trial, ctx, metrics, cons, accuracy=None, trained=False)
 
     on_epoch = None
@@ -237,7 +238,6 @@ def run_trial(trial, ctx: TrialContext) -> list[float]:
         name: [[row["layer"], row["kind"], row["latency_ms"], row["output_bytes"],
                 row["flash_bytes"]] for row in r.layers] for name, r in reports.items()})
     cons = hard_constraints(metrics, ctx)
-    trial.set_user_attr("train_seconds", time.perf_counter() - t0)
     return _finish(trial, ctx, metrics, cons, accuracy=accuracy, trained=True)
 
 
