@@ -16,23 +16,16 @@ from conftest import TINY_SPACE
 pytest.importorskip("litert_torch", reason="the converter is not installed (pip install -e '.[tflite]')")
 pytest.importorskip("tflite_micro", reason="tflite-micro is not installed (pip install -e '.[tflite]')")
 from searchprune.export import TFLMRunner, load_model, tflite_ops, to_tflite  # noqa: E402
+from searchprune.spaces import sample_architectures  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TFLM_REF = "stm32l4r5-tflm-ref"  # TFLM with reference kernels, as in the Python interpreter
 
 
-def sampled_architectures(per_space=4):
+def sampled_architectures():
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    out = []
-    for name in ("digits_plain", "digits_mbv2", "digits_dscnn", "digits_resnet", "digits_mlp"):
-        space = sp.load_space(name)
-        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
-        for _ in range(per_space):
-            trial = study.ask()
-            arch = space.sample(trial)
-            study.tell(trial, 0.0)
-            out.append((name, space, arch))
-    return out
+    return sample_architectures(per_space=4, seed=1, names=[
+        "digits_plain", "digits_mbv2", "digits_dscnn", "digits_resnet", "digits_mlp"])
 
 
 def test_planned_arena_equals_the_tflm_head():

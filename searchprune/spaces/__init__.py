@@ -291,9 +291,25 @@ def load_space(name_or_path: str | Path | SearchSpace) -> SearchSpace:
     return space_from_dict(cfg.read_yaml(path), str(path))
 
 
+def sample_architectures(per_space: int = 4, seed: int = 1,
+                         names: list[str] | None = None) -> list[tuple[str, SearchSpace, dict]]:
+    """``per_space`` random architectures from each bundled space (all by default), as
+    (space name, space, arch): the sample the export checks run on."""
+    import optuna
+    out = []
+    for name in names or list(bundled_spaces()):
+        space = load_space(name)
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+        for _ in range(per_space):
+            trial = study.ask()
+            out.append((name, space, space.sample(trial)))
+            study.tell(trial, 0.0)
+    return out
+
+
 def list_spaces() -> list[SearchSpace]:
     return [load_space(p) for p in bundled_spaces().values()]
 
 
 __all__ = ["FAMILIES", "Param", "PruningSpec", "SearchSpace", "TrainingSpec", "bundled_spaces",
-           "list_spaces", "load_space", "space_from_dict"]
+           "list_spaces", "load_space", "sample_architectures", "space_from_dict"]
