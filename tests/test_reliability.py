@@ -77,6 +77,17 @@ def _env():
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS)])}
 
 
+def _states(db: Path) -> dict:
+    """Trial states counted with a read-only SQLite query: the test must not write to (or
+    create tables in) a database the search is still initialising."""
+    import sqlite3
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return dict(con.execute("SELECT state, COUNT(*) FROM trials GROUP BY state").fetchall())
+    finally:
+        con.close()
+
+
 def _counts(db: Path, name: str):
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
     return {s: sum(t.state.name == s for t in study.trials) for s in ("COMPLETE", "RUNNING",
@@ -90,20 +101,21 @@ def test_kill_9_then_resume_keeps_completed_trials(tmp_path):
     runs = tmp_path / "runs"
     cmd = [sys.executable, "-m", "searchprune", "search", "--space", str(path), "--hw", HW[0],
            "--trials", "5", "--name", "killed", "--runs-dir", str(runs), "--quiet"]
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "first-run.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, env=_env(), stdout=out, stderr=subprocess.STDOUT)
     db = runs / "killed" / "study.db"
     deadline = time.time() + 120
-    counts = {}
-    while time.time() < deadline:
+    while time.time() < deadline and proc.poll() is None:
         if db.exists():
             try:
-                counts, _ = _counts(db, "killed")
-            except Exception:
+                counts = _states(db)
+            except Exception:  # tables not created yet
                 counts = {}
             if counts.get("COMPLETE", 0) >= 2 and counts.get("RUNNING", 0) == 1:
                 break
         time.sleep(0.1)
-    assert proc.poll() is None, "the search ended before it could be killed"
+    assert proc.poll() is None, f"the search ended before it could be killed:\n{log.read_text()}"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     counts, study = _counts(db, "killed")
@@ -119,6 +131,41 @@ def test_kill_9_then_resume_keeps_completed_trials(tmp_path):
     for n in running:  # what was running at the kill is recorded as failed
         t = study.trials[n]
         assert t.state.name == "FAIL" and "interrupted" in t.user_attrs["error"]
+
+
+_OPEN_AT_ONCE = """
+import os, sys, time
+import optuna
+from searchprune.search.optuna_backend import open_storage
+go = sys.argv[2]
+open(go + "." + str(os.getpid()), "w").close()  # ready
+while not os.path.exists(go):
+    time.sleep(0.001)
+study = optuna.create_study(study_name="s", storage=open_storage("sqlite:///" + sys.argv[1]),
+                            load_if_exists=True)
+study.add_trial(optuna.trial.create_trial(value=1.0))
+"""
+
+
+@pytest.mark.concurrency
+def test_processes_that_create_one_new_study_at_once_all_succeed(tmp_path):
+    # the first open of a new SQLite file creates its tables; three processes released at
+    # the same instant race on that (optuna alone fails with "table ... already exists")
+    for round_ in range(3):
+        db, go = tmp_path / f"study{round_}.db", tmp_path / f"go{round_}"
+        procs = [subprocess.Popen([sys.executable, "-c", _OPEN_AT_ONCE, str(db), str(go)],
+                                  env=_env(), stderr=subprocess.PIPE, text=True)
+                 for _ in range(3)]
+        deadline = time.time() + 120
+        while (len(list(tmp_path.glob(f"go{round_}.*"))) < 3 and time.time() < deadline
+               and all(p.poll() is None for p in procs)):
+            time.sleep(0.05)  # every process imported and waits at the barrier
+        go.touch()
+        for p in procs:
+            _, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err
+        study = optuna.load_study(study_name="s", storage=f"sqlite:///{db}")
+        assert len(study.trials) == 3
 
 
 @pytest.mark.concurrency

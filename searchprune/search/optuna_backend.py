@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import random
 import re
 import socket
 import sys
@@ -45,6 +46,19 @@ def study_dir(name: str, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> Path:
 
 def storage_url(name: str, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> str:
     return f"sqlite:///{(study_dir(name, runs_dir) / 'study.db').resolve()}"
+
+
+def open_storage(url: str, **kwargs) -> optuna.storages.RDBStorage:
+    """An RDB storage on ``url``. Two processes that open a new SQLite file at once both try
+    to create its tables; the loser sees "table already exists" and simply opens it again."""
+    import sqlalchemy.exc
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(url, **kwargs)
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError):
+            if attempt == 4:
+                raise
+            time.sleep(random.uniform(0.05, 0.3) * (attempt + 1))
 
 
 def make_sampler(name, seed: int | None) -> optuna.samplers.BaseSampler:
@@ -218,7 +232,7 @@ def search(space: str | Path | SearchSpace, hardware: Sequence[str | HardwarePro
         except OSError as e:
             raise ConfigError("argument", "runs_dir", str(runs_dir),
                               f"cannot write the study folder: {e.strerror or e}") from None
-        storage_obj = optuna.storages.RDBStorage(
+        storage_obj = open_storage(
             storage_url(name, runs_dir), heartbeat_interval=10, grace_period=30,
             engine_kwargs={"connect_args": {"timeout": 60}})
     elif storage == "memory":
@@ -399,5 +413,5 @@ def load_study(name: str, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> SearchResu
     if not path.is_file():
         known = [p.name for p in Path(runs_dir).glob("*") if (p / "study.db").is_file()]
         raise UnknownNameError(f"study (no {path})", name, known)
-    storage = optuna.storages.RDBStorage(storage_url(name, runs_dir))
+    storage = open_storage(storage_url(name, runs_dir))
     return SearchResult(optuna.load_study(study_name=name, storage=storage))
