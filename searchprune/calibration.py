@@ -3,9 +3,11 @@
 ``calibrate`` takes rows of (model, input shape, measured latency) for one board and runtime,
 traces each model, sums the work of each op kind exactly as the cost model prices it, and
 solves for the cycles-per-MAC coefficients by least squares. With fewer rows than op kinds,
-or where a kind does under 5 % of every row's MACs (its coefficient could not be pinned down),
-related kinds share one coefficient (depthwise with pointwise, then everything convolutional,
-then all MACs alike).
+related kinds share one scale factor on the base profile's coefficients, keeping the base's
+ratios between them (depthwise with pointwise, then everything convolutional, then all MACs
+alike); a kind that does under 5 % of every row's MACs cannot be pinned down and scales with
+the group that does the most work. The base's ratios are the prior: start from the
+calibrated profile of the closest core and runtime.
 The other coefficients (element-wise, pooling, per-op overhead) keep the base profile's values.
 """
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 import yaml
 
 from . import zoo
-from .cost import op_work
+from .cost import lower, op_work
 from .errors import ConfigError, SearchpruneError
 from .graph import Graph, trace
 from .hardware import HardwareProfile, load_profile
@@ -106,6 +108,8 @@ def build_measured(m: Measurement):
 
 
 def _features(graph: Graph, profile: HardwareProfile) -> dict[str, float]:
+    """Work per coefficient, counted on the graph as the runtime runs it (as estimate does)."""
+    graph = lower(graph, profile)
     work: dict[str, float] = {"op_overhead_cycles": float(len(graph.ops))}
     for op in graph.ops:
         name, w = op_work(op, profile)
@@ -125,13 +129,26 @@ def _identifiable(group: tuple, feats: list[dict]) -> bool:
     return False
 
 
-def _solve(feats: list[dict], targets: np.ndarray, groups, fixed: dict) -> np.ndarray | None:
-    a = np.array([[sum(f.get(c, 0.0) for c in g) for g in groups] for f in feats])
+def _solve(feats: list[dict], targets: np.ndarray, groups, base: dict,
+           fixed: dict) -> np.ndarray | None:
+    """Scale factors, one per group, on the base coefficients (None if not identifiable)."""
+    a = np.array([[sum(f.get(c, 0.0) * base[c] for c in g) for g in groups] for f in feats])
     b = targets - np.array([sum(f.get(c, 0.0) * v for c, v in fixed.items()) for f in feats])
     if np.linalg.matrix_rank(a) < len(groups):
         return None
-    coef, *_ = np.linalg.lstsq(a, b, rcond=None)
-    return coef if np.all(coef > 0) else None
+    # relative residuals: a small model's row counts as much as a large one's
+    w = 1.0 / targets
+    scale, *_ = np.linalg.lstsq(a * w[:, None], b * w, rcond=None)
+    return scale if np.all(scale > 0) else None
+
+
+def _with_scales(profile: HardwareProfile, groups, scales, base: dict, name=None):
+    values = dict(dataclasses.asdict(profile.latency))
+    for g, s in zip(groups, scales):
+        for key in g:
+            values[key] = round(float(s) * base[key], 4)
+    return dataclasses.replace(profile, name=name or profile.name,
+                               latency=dataclasses.replace(profile.latency, **values))
 
 
 def calibrate(measurements: Sequence[Measurement], base: str | HardwareProfile,
@@ -143,23 +160,26 @@ def calibrate(measurements: Sequence[Measurement], base: str | HardwareProfile,
     graphs = [trace(*build_measured(m)) for m in measurements]
     feats = [_features(g, base) for g in graphs]
     cycles = np.array([m.latency_ms * 1e-3 * base.clock_hz for m in measurements])
+    prior = {c: getattr(base.latency, c) for c in MAC_COEFFICIENTS}
     fixed = {f.name: getattr(base.latency, f.name) for f in dataclasses.fields(base.latency)
              if f.name not in MAC_COEFFICIENTS}
+    # the board's overall speed against the prior: one scale for all MAC kinds
+    overall = _solve(feats, cycles, (MAC_COEFFICIENTS,), prior, fixed)
+    if overall is None:
+        raise SearchpruneError("calibration found no positive fit: check the measured latencies")
     for groups in GROUPINGS:
-        used = tuple(g for g in groups if any(f.get(c, 0) for f in feats for c in g))
-        if len(used) > len(measurements) or not all(_identifiable(g, feats) for g in used):
+        # a kind no row pins down follows the board's overall scale
+        weak = [c for g in groups if not _identifiable(g, feats) for c in g]
+        used = tuple(g for g in groups if _identifiable(g, feats))
+        if len(used) > len(measurements):
             continue
-        coef = _solve(feats, cycles, used, fixed)
-        if coef is not None:
+        held = {**fixed, **{c: overall[0] * prior[c] for c in weak}}
+        scales = _solve(feats, cycles, used, prior, held)
+        if scales is not None:
             break
     else:
         raise SearchpruneError("calibration found no positive fit: check the measured latencies")
-    values = dict(dataclasses.asdict(base.latency))
-    for g, c in zip(used, coef):
-        for key in g:
-            values[key] = round(float(c), 4)
-    fitted = dataclasses.replace(base, name=name or base.name,
-                                 latency=dataclasses.replace(base.latency, **values))
+    fitted = _with_scales(base, used + (tuple(weak),), list(scales) + [overall[0]], prior, name)
     rows = []
     for m, g in zip(measurements, graphs):
         pred = _predict(g, fitted)
@@ -170,14 +190,13 @@ def calibrate(measurements: Sequence[Measurement], base: str | HardwareProfile,
         loo = []
         for i in range(len(measurements)):
             keep = [j for j in range(len(measurements)) if j != i]
-            c = _solve([feats[j] for j in keep], cycles[keep], used, fixed)
-            if c is None:
+            rest = [feats[j] for j in keep]
+            ov = _solve(rest, cycles[keep], (MAC_COEFFICIENTS,), prior, fixed)
+            sc = None if ov is None else _solve(
+                rest, cycles[keep], used, prior, {**fixed, **{c: ov[0] * prior[c] for c in weak}})
+            if sc is None:
                 continue
-            vals = dict(values)
-            for g, v in zip(used, c):
-                for key in g:
-                    vals[key] = float(v)
-            p = dataclasses.replace(fitted, latency=dataclasses.replace(fitted.latency, **vals))
+            p = _with_scales(base, used + (tuple(weak),), list(sc) + [ov[0]], prior)
             loo.append(_predict(graphs[i], p) / measurements[i].latency_ms - 1)
     return CalibrationResult(fitted, used, rows, loo)
 

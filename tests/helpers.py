@@ -44,3 +44,16 @@ def trained_factory():
     from searchprune.spaces.families import plain
     return plain({"n_blocks": 2, "channels": [32, 64], "block": ["conv", "dwsep"],
                   "kernel_size": 3}, (1, 8, 8), 10)
+
+
+def pointwise_stack():
+    """A calibration row dominated by 1x1 convolutions: (model, input shape)."""
+    return nn.Sequential(*[m for _ in range(3) for m in (nn.Conv2d(64, 64, 1), nn.ReLU())]), \
+        (1, 64, 16, 16)
+
+
+def depthwise_stack():
+    """A calibration row dominated by depthwise convolutions: (model, input shape)."""
+    return nn.Sequential(*[m for _ in range(3)
+                           for m in (nn.Conv2d(64, 64, 5, padding=2, groups=64), nn.ReLU())]), \
+        (1, 64, 16, 16)
