@@ -136,13 +136,28 @@ def op_cycles(op: Op, profile: HardwareProfile) -> float:
     return getattr(profile.latency, coef) * work + profile.latency.op_overhead_cycles
 
 
+# cores with the Helium (MVE) vector extension and cores without the DSP extension: CMSIS-NN
+# sizes its scratch buffers differently on them
+MVE_CORES = ("cortex-m55", "cortex-m85")
+NO_DSP_CORES = ("cortex-m0", "cortex-m0plus", "cortex-m3")
+
+
 def scratch_buffers(op: Op, profile: HardwareProfile) -> list[int]:
-    """Per-op scratch buffers (bytes): CMSIS-NN's im2col buffer (2 x cin x kh x kw int16) for
-    k > 1 convs; in TFLM, a global-average MEAN's int32 sums (one per output), its resolved
-    axes and its normalised dimensions (int32 each)."""
-    if profile.runtime.im2col and op.kind == CONV and math.prod(op.kernel) > 1:
-        return [2 * op.in_channels // op.groups * math.prod(op.kernel) * 2]
-    if profile.runtime.name.startswith("tflm") and op.kind == POOL and len(op.in_shape) > 2 \
+    """Per-op scratch buffers (bytes), as CMSIS-NN's ``*_get_buffer_size`` and TFLM ask:
+    - im2col for k > 1 convs: 2 x cin x kh x kw int16 (Helium: 4 x cin*kh*kw rounded to 8);
+    - the optimised depthwise kernel (channel multiplier 1): cin x kh x kw int16 on DSP cores,
+      4 x 124 x kh x kw on Helium, none without DSP;
+    - in TFLM, a global-average MEAN's int32 sums (one per output), its resolved axes and its
+      normalised dimensions (int32 each)."""
+    rt, core = profile.runtime, profile.core
+    k = math.prod(op.kernel) if op.kernel else 1
+    if rt.im2col and op.kind == CONV and k > 1:
+        cols = op.in_channels // op.groups * k
+        return [4 * -(-cols // 8) * 8 if core in MVE_CORES else 2 * cols * 2]
+    if rt.depthwise_scratch and op.kind == DEPTHWISE and op.out_channels == op.in_channels \
+            and core not in NO_DSP_CORES:
+        return [4 * 124 * k if core in MVE_CORES else op.in_channels * k * 2]
+    if rt.name.startswith("tflm") and op.kind == POOL and len(op.in_shape) > 2 \
             and math.prod(op.out_shape[2:] or (1,)) == 1 and math.prod(op.in_shape[2:]) > 1:
         return [4 * math.prod(op.out_shape), 4 * (len(op.in_shape) - 2), 4 * len(op.in_shape)]
     return []

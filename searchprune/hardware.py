@@ -27,6 +27,7 @@ class Runtime:
     flash_reserved_bytes: int    # runtime code + kernels (bytes of flash)
     channel_multiple: int = 1    # kernels vectorise over this many channels (CMSIS-NN: 4)
     im2col: bool = False         # non-1x1 convolutions need an im2col scratch buffer
+    depthwise_scratch: bool = False  # CMSIS-NN's optimised depthwise kernel needs a buffer
     sparse_storage: bool = False # unstructured / N:M zeros are not stored (saves flash)
     sparse_kernels: bool = False # zero weights are skipped at run time (saves time)
     op_overhead_bytes: int = 0      # model-format metadata per operator (flash)
@@ -85,6 +86,7 @@ def _runtime_from(data: dict, src: str) -> Runtime:
         channel_multiple=cfg.number(data, "channel_multiple", src, pre, integer=True,
                                     maximum=64, default=1),
         im2col=cfg.boolean(data, "im2col", src, pre),
+        depthwise_scratch=cfg.boolean(data, "depthwise_scratch", src, pre),
         sparse_storage=cfg.boolean(data, "sparse_storage", src, pre),
         sparse_kernels=cfg.boolean(data, "sparse_kernels", src, pre),
         op_overhead_bytes=cfg.number(data, "op_overhead_bytes", src, pre, default=0,

@@ -141,6 +141,18 @@ def test_im2col_scratch_is_planned():
     assert scratch.arena_bytes - plain.arena_bytes == 144
 
 
+@pytest.mark.parametrize("core,extra", [("cortex-m4f", 8 * 9 * 2), ("cortex-m0plus", 0),
+                                        ("cortex-m85", 4 * 124 * 9)])
+def test_depthwise_scratch_follows_cmsis_nn_per_core(core, extra):
+    # arm_depthwise_conv_s8_opt_get_buffer_size: cin x kh x kw int16 with DSP, 4 x 124 x kh x
+    # kw with Helium, nothing without DSP
+    net = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8))
+    plain = sp.estimate(net, (1, 8, 8, 8), dataclasses.replace(profile(), core=core))
+    with_dw = sp.estimate(net, (1, 8, 8, 8), dataclasses.replace(
+        profile(depthwise_scratch=True), core=core))
+    assert with_dw.arena_bytes - plain.arena_bytes == extra
+
+
 def test_channel_multiple_rounds_work_up():
     net = nn.Sequential(nn.Conv2d(6, 6, 1, bias=False))
     p1 = sp.estimate(net, (1, 6, 4, 4), profile())
