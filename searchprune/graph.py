@@ -127,11 +127,12 @@ def trace(model: nn.Module, input_shape: tuple[int, ...]) -> Graph:
     zeros = {name: int((m.weight == 0).sum()) for name, m in model.named_modules()
              if isinstance(getattr(m, "weight", None), torch.Tensor) and not m.weight.is_meta}
     try:
-        gm = torch.fx.symbolic_trace(model)
+        # the fx Graph alone: no GraphModule, whose Python code generation would cost more
+        # than the rest of the cost model
+        fx_graph = torch.fx.Tracer().trace(model)
     except Exception as e:  # data-dependent control flow and the like
         raise SearchpruneError(f"cannot trace {type(model).__name__} with torch.fx: {e}") from e
-    meta_gm = gm  # modules are never run with their weights: shapes come from meta tensors
-    modules = dict(meta_gm.named_modules())
+    modules = dict(model.named_modules())  # never run with their weights: shapes are analytic
     env: dict[str, object] = {}
     tensor_of: dict[str, str] = {}   # fx node name -> tensor name (aliases resolve here)
     producer: dict[str, Op] = {}     # tensor name -> op that wrote it
@@ -192,7 +193,7 @@ def trace(model: nn.Module, input_shape: tuple[int, ...]) -> Graph:
         fused_nodes.add(node.name)
         return True
 
-    for node in meta_gm.graph.nodes:
+    for node in fx_graph.nodes:
         if node.op == "placeholder":
             value = torch.zeros(input_shape, device="meta")
             env[node.name] = value
@@ -205,8 +206,7 @@ def trace(model: nn.Module, input_shape: tuple[int, ...]) -> Graph:
             outputs.extend(tensor_of[a.name] for a in outs if a.name in tensor_of)
             break
         if node.op == "get_attr":
-            env[node.name] = getattr(meta_gm, node.target) if "." not in node.target else \
-                operator.attrgetter(node.target)(meta_gm)
+            env[node.name] = operator.attrgetter(node.target)(model)
             continue
         args, kwargs = arg_value(node.args), arg_value(node.kwargs)
         try:

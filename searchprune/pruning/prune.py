@@ -50,11 +50,11 @@ def classifier_name(model: nn.Module, example_inputs: torch.Tensor) -> str:
 
 
 def prunable_layers(model: nn.Module, example_inputs: torch.Tensor,
-                    granularity: str = "structured") -> list[str]:
+                    granularity: str = "structured", order: list[str] | None = None) -> list[str]:
     """Layers whose ratio a search may set. Structured: convs (not depthwise: they follow the
     conv before them) and linears, minus the classifier. Unstructured / N:M: every conv and
-    linear but the classifier."""
-    order = execution_order(model, example_inputs)
+    linear but the classifier. ``order``: the model's execution_order, if known already."""
+    order = order if order is not None else execution_order(model, example_inputs)
     modules = dict(model.named_modules())
     keep = order[:-1]
     if granularity == "structured":
@@ -81,8 +81,8 @@ def _check_ratio(name: str, r: float) -> float:
     return float(r)
 
 
-def _ratio_dict(model, ratios, example_inputs, granularity) -> dict[str, float]:
-    layers = prunable_layers(model, example_inputs, granularity)
+def _ratio_dict(model, ratios, example_inputs, granularity, order=None) -> dict[str, float]:
+    layers = prunable_layers(model, example_inputs, granularity, order)
     if isinstance(ratios, Mapping):
         unknown = [k for k in ratios if k not in layers]
         if unknown:
@@ -93,7 +93,8 @@ def _ratio_dict(model, ratios, example_inputs, granularity) -> dict[str, float]:
     return {k: r for k in layers}
 
 
-def _structured(model, ratio_dict, criterion, example_inputs, data, round_to) -> nn.Module:
+def _structured(model, ratio_dict, criterion, example_inputs, data, round_to,
+                classifier: str) -> nn.Module:
     modules = dict(model.named_modules())
     per_module = {modules[k]: v for k, v in ratio_dict.items() if v > 0}
     if not per_module:
@@ -105,7 +106,7 @@ def _structured(model, ratio_dict, criterion, example_inputs, data, round_to) ->
     else:
         importance = ChannelScoreImportance(channel_scores(model, list(ratio_dict), criterion,
                                                            data))
-    ignored = [modules[classifier_name(model, example_inputs)]]
+    ignored = [modules[classifier]]
     pruner = tp.pruner.MetaPruner(model, example_inputs, importance=importance, pruning_ratio=0.0,
                                   pruning_ratio_dict=per_module, ignored_layers=ignored,
                                   round_to=round_to if round_to and round_to > 1 else None)
@@ -192,9 +193,13 @@ def prune(model: nn.Module, ratios: float | Mapping[str, float], granularity: st
         raise SearchpruneError(f"granularity {granularity!r}: valid: structured, unstructured, N:M")
     if example_inputs is None:
         raise SearchpruneError("prune needs example_inputs (one batch of input) to trace layers")
-    ratio_dict = _ratio_dict(model, ratios, example_inputs, granularity)
+    order = execution_order(model, example_inputs)  # one forward pass serves both below
+    if not order:
+        raise SearchpruneError(f"{type(model).__name__} has no Conv or Linear layer to prune")
+    ratio_dict = _ratio_dict(model, ratios, example_inputs, granularity, order)
     if granularity == "structured":
-        return _structured(model, ratio_dict, criterion, example_inputs, data, round_to)
+        return _structured(model, ratio_dict, criterion, example_inputs, data, round_to,
+                           order[-1])
     return _masked(model, ratio_dict, criterion, data, nm)
 
 
