@@ -131,14 +131,15 @@ def cmd_export(a) -> None:
     from .export import export_trial
     from .search import load_study
     result = load_study(a.name, a.runs_dir)
-    out = export_trial(result, a.trial, a.out, runs_dir=a.runs_dir)
+    out = export_trial(result, a.trial, a.out, runs_dir=a.runs_dir, qat_epochs=a.qat_epochs)
     import json
     v = json.loads((out / "verify.json").read_text())
     print(f"wrote {out}: model.pt, config.json, model_int8.tflite ({v['tflite_file_bytes']} B), "
           f"model_data.cc/.h, verify.json")
     print(f"TFLM: arena head {v['tflm_arena_head_bytes']} B, total {v['tflm_arena_total_bytes']} B;"
           f" int8 top-1 agrees with PyTorch on {100 * v['top1_agreement_tflm_vs_pytorch']:.1f} % "
-          f"of {v['samples']} test samples; int8 accuracy {v['accuracy_int8_tflm']:.4f}")
+          f"of {v['samples']} test samples; int8 accuracy {v['accuracy_int8_tflm']:.4f} "
+          f"({v['quantization']})")
 
 
 def cmd_profiles(a) -> None:
@@ -280,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--trial", type=int, required=True)
     x.add_argument("--out", required=True, help="output folder")
     x.add_argument("--runs-dir", default="runs")
+    x.add_argument("--qat-epochs", type=int, default=None, metavar="N",
+                   help="quantisation-aware fine-tuning epochs before conversion (0: "
+                   "post-training only; default: as the search quantised the trial)")
     x.set_defaults(fn=cmd_export)
     pr = sub.add_parser("profiles", help="list bundled hardware profiles")
     pr.set_defaults(fn=cmd_profiles)

@@ -8,8 +8,11 @@ pruning removed channels), and loads the tensors with ``torch.load(weights_only=
 """
 from __future__ import annotations
 
+import copy
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -109,23 +112,68 @@ def _litert():
         prepare_pt2e, convert_pt2e
 
 
-def quantize_int8(model: nn.Module, input_shape: tuple, calibration: torch.Tensor):
-    """Post-training int8 quantisation (PT2E, per-channel symmetric weights) of ``model`` with
-    NHWC input. ``calibration``: NCHW samples. Returns (quantised module, quantizer, sample)."""
+@dataclass(frozen=True)
+class QAT:
+    """Quantisation-aware fine-tuning: ``epochs`` epochs of Adam at ``lr`` on ``task``'s
+    training split through int8 fake quantisation (BatchNorm folded into the convs first)."""
+
+    task: Any
+    epochs: int = 2
+    lr: float = 1e-3
+    batch_size: int = 64
+    seed: int = 0
+
+
+def quantize_int8(model: nn.Module, input_shape: tuple, calibration: torch.Tensor,
+                  qat: QAT | None = None):
+    """Int8 quantisation (PT2E, per-channel symmetric weights) of ``model`` with NHWC input:
+    post-training, calibrated on ``calibration`` (NCHW samples), or quantisation-aware
+    fine-tuning with ``qat``. ``model`` is not changed. Returns (quantised module, quantizer,
+    sample input)."""
     litert_torch, PT2EQuantizer, config, _, prepare_pt2e, convert_pt2e = _litert()
-    nhwc = litert_torch.to_channel_last_io(model.eval(), args=[0]) if len(input_shape) == 3 \
-        else model.eval()
+    source = model.eval()
+    if qat is not None:
+        from torch.fx.experimental.optimization import fuse
+        source = fuse(copy.deepcopy(model).eval())  # BN folded: what runs on the MCU
+    image = len(input_shape) == 3
+    nhwc = litert_torch.to_channel_last_io(source, args=[0]) if image else source
     sample = (torch.zeros(1, *_nhwc(input_shape)),)
-    exported = torch.export.export(nhwc, sample).module()
-    quantizer = _add_aware(PT2EQuantizer)().set_global(config(is_per_channel=True,
-                                                             is_dynamic=False))
-    prepared = prepare_pt2e(exported, quantizer)
-    with torch.no_grad():
-        for x in calibration:
-            prepared(_to_nhwc(x[None]))
+    quantizer = _add_aware(PT2EQuantizer)().set_global(config(
+        is_per_channel=True, is_dynamic=False, is_qat=qat is not None))
+    if qat is None:
+        prepared = prepare_pt2e(torch.export.export(nhwc, sample).module(), quantizer)
+        with torch.no_grad():
+            for x in calibration:
+                prepared(_to_nhwc(x[None]))
+    else:
+        prepared = _qat_finetune(nhwc, input_shape, quantizer, qat, image)
     converted = convert_pt2e(prepared, fold_quantize=False)
     converted.training = False
     return converted, quantizer, sample
+
+
+def _qat_finetune(nhwc: nn.Module, input_shape: tuple, quantizer, qat: QAT, image: bool):
+    import torch.nn.functional as F
+    from torchao.quantization.pt2e import (move_exported_model_to_eval,
+                                           move_exported_model_to_train)
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+    from .training import batches
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    dims = (({0: batch},),) if image else ({0: batch},)  # the NHWC wrapper takes *args
+    exported = torch.export.export(nhwc, (torch.zeros(2, *_nhwc(input_shape)),),
+                                   dynamic_shapes=dims).module()
+    prepared = prepare_qat_pt2e(exported, quantizer)
+    move_exported_model_to_train(prepared)
+    opt = torch.optim.Adam(prepared.parameters(), lr=qat.lr)
+    x, y = qat.task.tensors("train")
+    gen = torch.Generator().manual_seed(qat.seed)
+    for _ in range(qat.epochs):
+        for xb, yb in batches(x, y, qat.batch_size, gen):
+            opt.zero_grad()
+            F.cross_entropy(prepared(_to_nhwc(xb)), yb).backward()
+            opt.step()
+    move_exported_model_to_eval(prepared)
+    return prepared
 
 
 def _add_aware(base):
@@ -137,6 +185,10 @@ def _add_aware(base):
                                                             get_output_act_qspec)
 
     class AddAwareQuantizer(base):
+        # BatchNorm is folded before quantisation (QAT too): no conv-bn patterns to annotate,
+        # and litert's conv-bn annotators fail on torch 2.13
+        STATIC_QAT_ONLY_OPS: list = []
+
         def annotate(self, model):
             model = super().annotate(model)
             cfg = self.global_config
@@ -155,16 +207,18 @@ def _add_aware(base):
     return AddAwareQuantizer
 
 
-@torch.no_grad()
-def int8_accuracy(model: nn.Module, task, calibration_samples: int = 64) -> float:
-    """Test accuracy of ``model`` after the same post-training int8 quantisation the export
-    uses (PT2E q/dq graph, evaluated in PyTorch, one sample at a time as on the MCU)."""
+def int8_accuracy(model: nn.Module, task, calibration_samples: int = 64,
+                  qat: QAT | None = None) -> float:
+    """Test accuracy of ``model`` after the int8 quantisation the export uses (PT2E q/dq
+    graph, evaluated in PyTorch, one sample at a time as on the MCU): post-training, or
+    quantisation-aware fine-tuned with ``qat``."""
     shape = tuple(task.input_shape)
     x_train, _ = task.tensors("train")
-    quantized, _, _ = quantize_int8(model, shape, x_train[:calibration_samples])
+    quantized, _, _ = quantize_int8(model, shape, x_train[:calibration_samples], qat)
     x, y = task.tensors("test")
-    correct = sum(int(quantized(_to_nhwc(x[i:i + 1])).argmax(-1).item() == int(y[i]))
-                  for i in range(len(x)))
+    with torch.no_grad():
+        correct = sum(int(quantized(_to_nhwc(x[i:i + 1])).argmax(-1).item() == int(y[i]))
+                      for i in range(len(x)))
     return correct / len(x)
 
 
@@ -176,12 +230,14 @@ def _to_nhwc(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1) if x.dim() == 4 else x
 
 
-def to_tflite(model: nn.Module, input_shape: tuple, calibration: torch.Tensor) -> bytes:
+def to_tflite(model: nn.Module, input_shape: tuple, calibration: torch.Tensor,
+              qat: QAT | None = None) -> bytes:
     """Full-int8 TFLite flatbuffer (int8 input and output, NHWC input: no TRANSPOSE at the
-    input), converted with litert-torch, tensor names stripped."""
+    input), converted with litert-torch, tensor names stripped. ``qat``: quantisation-aware
+    fine-tuning instead of post-training calibration."""
     import tempfile
     litert_torch, _, _, QuantConfig, _, _ = _litert()
-    converted, quantizer, sample = quantize_int8(model, input_shape, calibration)
+    converted, quantizer, sample = quantize_int8(model, input_shape, calibration, qat)
     edge = litert_torch.convert(converted, sample, quant_config=QuantConfig(pt2e_quantizer=quantizer))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.tflite"
@@ -296,14 +352,20 @@ def c_array(flatbuffer: bytes, name: str, arena_bytes: int) -> tuple[str, str]:
 
 
 def export_trial(result, number: int, out: str | Path, runs_dir: str | Path = "runs",
-                 verify_samples: int | None = None) -> Path:
+                 verify_samples: int | None = None, qat_epochs: int | None = None) -> Path:
     """Write ``model.pt``, ``config.json``, ``model_int8.tflite``, ``model_data.cc/.h`` and
-    ``verify.json`` for trial ``number`` of a study (see the README)."""
+    ``verify.json`` for trial ``number`` of a study (see the README). The int8 model is
+    quantised as the trial was (post-training, or quantisation-aware fine-tuned when the
+    search chose that); ``qat_epochs`` overrides it (0: post-training)."""
     from .cost import estimate
     from .hardware import load_profile
     from .pruning import sparsity
     from .search.optuna_backend import study_dir
     from .training import evaluate, load_task
+    if qat_epochs is not None and (isinstance(qat_epochs, bool) or not isinstance(qat_epochs, int)
+                                   or qat_epochs < 0):
+        from .errors import ConfigError
+        raise ConfigError("argument", "qat_epochs", qat_epochs, "must be an integer >= 0")
     out = Path(out)
     study = result.study
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
@@ -332,7 +394,14 @@ def export_trial(result, number: int, out: str | Path, runs_dir: str | Path = "r
     if len(shape) == 3 and shape != tuple(task.input_shape):
         task = task.resized(shape[1:])
     x_train, _ = task.tensors("train")
-    flatbuffer = to_tflite(model, shape, x_train[:256])
+    qat = None
+    if qat_epochs is None and trial.user_attrs.get("int8_method") == "qat":
+        qat = QAT(task, **trial.user_attrs["qat"])
+    elif qat_epochs:
+        qat = QAT(task, epochs=qat_epochs)
+    config["quantization"] = {"method": "ptq", "calibration_samples": 256} if qat is None else \
+        {"method": "qat", "epochs": qat.epochs, "lr": qat.lr, "batch_size": qat.batch_size}
+    flatbuffer = to_tflite(model, shape, x_train[:256], qat)
     profiles = [load_profile(h) for h in attrs["hardware"]]
     reports = estimate(model, (1, *shape), profiles)
     config["costs"] = {r.profile: {**r.metrics(), "arena_bytes": r.arena_bytes,
@@ -347,7 +416,7 @@ def export_trial(result, number: int, out: str | Path, runs_dir: str | Path = "r
     tflm_top1 = runner.predict(x_test)
     agree = sum(a == b for a, b in zip(torch_top1, tflm_top1)) / len(tflm_top1)
     ops = tflite_ops(flatbuffer)
-    verify = {"samples": len(tflm_top1),
+    verify = {"samples": len(tflm_top1), "quantization": config["quantization"]["method"],
               "full_int8": not any(o["op"] in ("DEQUANTIZE", "QUANTIZE") for o in ops),
               "ops": [o["op"] for o in ops],
               "top1_agreement_tflm_vs_pytorch": agree,

@@ -144,3 +144,75 @@ def test_int8_accuracy_as_an_objective(tiny_space):
     front = result.pareto
     assert len(front) >= 1 and front["accuracy_int8"].notna().all()
     assert result.objectives == ["accuracy_int8", "latency_ms@stm32f746-tflm-cmsisnn"]
+
+
+def _flat_digits():
+    task = sp.digits_task()
+    (x, y), (xt, yt) = task.tensors("train"), task.tensors("test")
+    return sp.Task(train=(x.flatten(1), y), test=(xt.flatten(1), yt), num_classes=10)
+
+
+@pytest.mark.parametrize("kind", ["image", "flat"])
+def test_qat_fine_tunes_through_fake_quantisation_and_exports_full_int8(kind):
+    from searchprune.export import QAT, int8_accuracy
+    torch.manual_seed(0)
+    if kind == "image":
+        task = sp.digits_task()
+        model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.BatchNorm2d(8),
+                                    torch.nn.ReLU(), torch.nn.Flatten(),
+                                    torch.nn.Linear(8 * 64, 10))
+    else:
+        task = _flat_digits()
+        model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(),
+                                    torch.nn.Linear(32, 10))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    # an untrained model: post-training quantisation is at chance, QAT has to learn
+    ptq = int8_accuracy(model, task)
+    qat = QAT(task, epochs=6, lr=0.01, batch_size=32)
+    with_qat = int8_accuracy(model, task, qat=qat)
+    assert ptq < 0.3 and with_qat > 0.7, (ptq, with_qat)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # untouched
+    x, y = task.tensors("train")
+    flatbuffer = to_tflite(model, tuple(task.input_shape), x[:64], qat)
+    ops = [o["op"] for o in tflite_ops(flatbuffer)]
+    assert "DEQUANTIZE" not in ops and "QUANTIZE" not in ops
+    xt, yt = task.tensors("test")
+    tflm = TFLMRunner(flatbuffer).predict(xt[:200])
+    assert sum(int(a == b) for a, b in zip(tflm, yt[:200].tolist())) / 200 > 0.7
+
+
+def test_search_runs_qat_when_int8_drops_and_export_repeats_it(tmp_path, monkeypatch):
+    from searchprune import export
+    real = export.int8_accuracy
+
+    def lossy_ptq(model, task, calibration_samples=64, qat=None):
+        # post-training quantisation that loses 0.3 (as it can on real models): QAT must run
+        return real(model, task, calibration_samples, qat) - (0.3 if qat is None else 0.0)
+
+    monkeypatch.setattr(export, "int8_accuracy", lossy_ptq)
+    data = yaml.safe_load(TINY_SPACE)
+    data["training"] = {"epochs": 3, "finetune_epochs": 1, "batch_size": 32, "lr": 0.01,
+                        "qat_epochs": 2, "qat_max_drop": 0.1}
+    space = tmp_path / "qat.yaml"
+    space.write_text(yaml.safe_dump(data))
+    runs = tmp_path / "runs"
+    result = sp.search(space, hardware=["stm32f746-tflm-cmsisnn"], n_trials=3, seed=0,
+                       objectives=["accuracy_int8", "latency_ms"], name="qat", runs_dir=runs,
+                       quiet=True)
+    trained = [t for t in result.study.trials if t.user_attrs.get("trained")]
+    assert trained
+    for t in trained:
+        attrs, metrics = t.user_attrs, t.user_attrs["metrics"]
+        assert metrics["accuracy"] - attrs["accuracy_int8_ptq"] > 0.1  # so QAT ran
+        assert metrics["accuracy_int8"] == max(attrs["accuracy_int8_ptq"],
+                                               attrs["accuracy_int8_qat"])
+        assert attrs["int8_method"] == ("qat" if attrs["accuracy_int8_qat"] >
+                                        attrs["accuracy_int8_ptq"] else "ptq")
+    assert any(t.user_attrs["int8_method"] == "qat" for t in trained)
+    out = result.export(trained[0].number, tmp_path / "deploy", runs_dir=runs, qat_epochs=1)
+    config = json.loads((out / "config.json").read_text())
+    verify = json.loads((out / "verify.json").read_text())
+    assert config["quantization"]["method"] == "qat" and config["quantization"]["epochs"] == 1
+    assert verify["quantization"] == "qat" and verify["full_int8"]
+    with pytest.raises(sp.ConfigError, match="qat_epochs"):
+        result.export(trained[0].number, tmp_path / "x", runs_dir=runs, qat_epochs=-1)

@@ -46,6 +46,8 @@ def _space(tmp_path, mutate):
     (lambda d: d.update(famly="plain"), "famly", "did you mean 'family'"),
     (lambda d: d.pop("training"), "training", "missing"),
     (lambda d: d["training"].update(epochs=0), "training.epochs", "> 0"),
+    (lambda d: d["training"].update(qat_epochs=-1), "training.qat_epochs", ">= 0"),
+    (lambda d: d["training"].update(qat_max_drop=1.5), "training.qat_max_drop", "1"),
     (lambda d: d["arch"]["channels"].update(per="blocks"), "arch.channels.per", "another arch"),
 ])
 def test_bad_space_fields(tmp_path, mutate, field, fragment):

@@ -220,10 +220,7 @@ def run_trial(trial, ctx: TrialContext) -> list[float]:
         _finish(trial, ctx, metrics, cons, accuracy=None, trained=False)
         raise optuna.TrialPruned(str(e)) from None
     accuracy = ctx.evaluate_fn(model, ctx.task)
-    accuracy_int8 = None
-    if ctx.needs_int8:
-        from ..export import int8_accuracy
-        accuracy_int8 = int8_accuracy(model, ctx.task)
+    accuracy_int8 = int8_accuracy(trial, model, accuracy, ctx) if ctx.needs_int8 else None
     trial.set_user_attr("achieved_ratios", achieved_ratios(model, plan, widths_dense))
     trial.set_user_attr("sparsity", sparsity(model))
     trial.set_user_attr("dense_accuracy", dense_acc)
@@ -239,6 +236,29 @@ def run_trial(trial, ctx: TrialContext) -> list[float]:
                 row["flash_bytes"]] for row in r.layers] for name, r in reports.items()})
     cons = hard_constraints(metrics, ctx)
     return _finish(trial, ctx, metrics, cons, accuracy=accuracy, trained=True)
+
+
+def int8_accuracy(trial, model: nn.Module, accuracy: float, ctx: TrialContext) -> float:
+    """Post-training int8 accuracy; where it falls more than ``training.qat_max_drop`` below
+    the float accuracy and ``training.qat_epochs`` > 0, quantisation-aware fine-tuning too
+    (Adam at lr / 10), keeping the better. Records the method in the trial."""
+    from ..export import QAT
+    from ..export import int8_accuracy as measure
+    tr = ctx.space.training
+    ptq = measure(model, ctx.task)
+    trial.set_user_attr("int8_method", "ptq")
+    if tr.qat_epochs == 0 or accuracy - ptq <= tr.qat_max_drop:
+        return ptq
+    qat = dict(epochs=tr.qat_epochs, lr=tr.lr / 10, batch_size=tr.batch_size,
+               seed=ctx.seed + trial.number)
+    with_qat = measure(model, ctx.task, qat=QAT(ctx.task, **qat))
+    trial.set_user_attr("accuracy_int8_ptq", ptq)
+    trial.set_user_attr("accuracy_int8_qat", with_qat)
+    if with_qat <= ptq:
+        return ptq
+    trial.set_user_attr("int8_method", "qat")
+    trial.set_user_attr("qat", qat)
+    return with_qat
 
 
 def achieved_ratios(model: nn.Module, plan: dict, widths_dense: dict) -> dict[str, float]:

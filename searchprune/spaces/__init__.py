@@ -104,6 +104,8 @@ class TrainingSpec:
     finetune_epochs: int
     batch_size: int
     lr: float
+    qat_epochs: int = 0         # quantisation-aware fine-tuning epochs (0: post-training only)
+    qat_max_drop: float = 0.02  # ... run when int8 accuracy falls more than this below float
 
 
 @dataclass(frozen=True)
@@ -259,14 +261,18 @@ def space_from_dict(data: dict, source: str = "<dict>") -> SearchSpace:
                           "lottery-ticket rewinding needs unstructured or N:M granularity")
     tr = cfg.mapping(data, "training", source)
     cfg.check_keys(tr, source, "training", required=["epochs"],
-                   optional=["finetune_epochs", "batch_size", "lr"])
+                   optional=["finetune_epochs", "batch_size", "lr", "qat_epochs", "qat_max_drop"])
     training = TrainingSpec(
         epochs=cfg.number(tr, "epochs", source, "training", integer=True, maximum=10000),
         finetune_epochs=cfg.number(tr, "finetune_epochs", source, "training", integer=True,
                                    allow_zero=True, maximum=10000, default=1),
         batch_size=cfg.number(tr, "batch_size", source, "training", integer=True,
                               maximum=1 << 20, default=64),
-        lr=cfg.number(tr, "lr", source, "training", maximum=10.0, default=0.01))
+        lr=cfg.number(tr, "lr", source, "training", maximum=10.0, default=0.01),
+        qat_epochs=cfg.number(tr, "qat_epochs", source, "training", integer=True,
+                              allow_zero=True, maximum=10000, default=0),
+        qat_max_drop=cfg.number(tr, "qat_max_drop", source, "training", allow_zero=True,
+                                maximum=1.0, default=0.02))
     return SearchSpace(name=cfg.string(data, "name", source), task=cfg.string(data, "task", source),
                        family=family, arch=arch,
                        pruning=PruningSpec(
