@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT))
 import searchprune as sp  # noqa: E402
 from searchprune.export import TFLMRunner, tflite_ops, to_tflite  # noqa: E402
 from searchprune.io import write_rows_csv  # noqa: E402
-from searchprune.spaces import sample_architectures  # noqa: E402
+from searchprune.spaces import build_as_trained, sample_architectures  # noqa: E402
 
 SPACES = ["digits_plain", "digits_mbv2", "digits_dscnn", "digits_resnet", "digits_mlp"]
 
@@ -29,8 +29,7 @@ def main() -> None:
     rows = []
     for k, (name, space, arch) in enumerate(sample_architectures(4, 1, SPACES)):
         shape = space.input_shape(arch, (1, 8, 8))
-        torch.manual_seed(k)
-        model = space.build(arch, shape, 10).eval()
+        model = build_as_trained(space, arch, shape, 10, seed=k)
         flatbuffer = to_tflite(model, shape, torch.rand(16, *shape))
         report = sp.estimate(model, (1, *shape), "stm32l4r5-tflm-ref")
         ops = [o["op"] for o in tflite_ops(flatbuffer)]

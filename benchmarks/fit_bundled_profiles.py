@@ -6,7 +6,8 @@ Reads ``shared/calibration/measurements.csv`` (path as the first argument, defau
 - sets ``active_power_mw`` to the median of energy / latency where rows publish energy,
 - for TFLM runtimes fits the flatbuffer format constants (per model, per op, per tensor, per
   output channel) on the .tflite files searchprune's own export writes (litert-torch, names
-  stripped) for the smallest and largest candidate of every bundled space; the constants
+  stripped) for the smallest and largest candidate of every bundled space and 4 random
+  ones per space (seed 0); the constants
   that fit the published MLPerf Tiny files (an older converter) are printed for reference.
 Datasheet-only profiles copy the coefficients of the calibrated profile named in their
 ``source.derived_from``. Rewrites ``hw_profiles/*.yaml`` and writes the fit table to
@@ -78,27 +79,31 @@ def tflm_format_overheads(rows) -> tuple[int, int]:
 
 def litert_format() -> dict:
     """Format constants of searchprune's exported .tflite files, by least squares over the
-    bundled spaces' extremes (needs the [tflite] extra)."""
+    bundled spaces' extremes and a random sample of them (needs the [tflite] extra)."""
     import torch
     from searchprune.cost import _constant_tensors, lower
     from searchprune.export import to_tflite
+    from searchprune.spaces import build_as_trained
     base = sp.load_profile("stm32l4r5-tflm-ref")
     a, b, names = [], [], []
-    for name in sp.spaces.bundled_spaces():
-        space = sp.load_space(name)
-        for which in ("min", "max"):
-            arch = space.extreme(which)
-            shape = space.input_shape(arch, (1, 8, 8))
-            torch.manual_seed(0)
-            model = space.build(arch, shape, 10).eval()
-            size = len(to_tflite(model, shape, torch.rand(16, *shape)))
-            graph = lower(trace(model, (1, *shape)), base)
-            weighted = [op for op in graph.ops if op.weight_shape is not None]
-            consts = sum(op.weights + 4 * op.out_channels for op in weighted)
-            tensors = len(graph.inputs) + sum(1 + _constant_tensors(op) for op in graph.ops)
-            a.append([1, len(graph.ops) + 1, tensors, sum(op.out_channels for op in weighted)])
-            b.append(size - consts)
-            names.append(f"{name}-{which} ({size} B)")
+    # the extremes of every bundled space, plus 4 random architectures per space drawn with
+    # seed 0 (export_check.py checks the fit on another sample, drawn with seed 1)
+    cases = [(name, sp.load_space(name), which) for name in sp.spaces.bundled_spaces()
+             for which in ("min", "max")]
+    cases += list(sp.spaces.sample_architectures(4, seed=0))
+    for k, (name, space, which) in enumerate(cases):
+        arch = space.extreme(which) if isinstance(which, str) else which
+        shape = space.input_shape(arch, (1, 8, 8))
+        model = build_as_trained(space, arch, shape, 10, seed=k)
+        size = len(to_tflite(model, shape, torch.rand(16, *shape)))
+        graph = lower(trace(model, (1, *shape)), base)
+        weighted = [op for op in graph.ops if op.weight_shape is not None]
+        consts = sum(op.weights + 4 * op.out_channels for op in weighted)
+        tensors = len(graph.inputs) + sum(1 + _constant_tensors(op) for op in graph.ops)
+        a.append([1, len(graph.ops) + 1, tensors, sum(op.out_channels for op in weighted)])
+        b.append(size - consts)
+        label = which if isinstance(which, str) else f"sample{k}"
+        names.append(f"{name}-{label} ({size} B)")
     coef, *_ = np.linalg.lstsq(np.array(a, float), np.array(b, float), rcond=None)
     model_b, op_b, tensor_b, channel_b = (max(int(round(c)), 0) for c in coef)
     pred = np.array(a, float) @ np.array([model_b, op_b, tensor_b, channel_b], float)

@@ -313,9 +313,30 @@ def sample_architectures(per_space: int = 4, seed: int = 1,
     return out
 
 
+def build_as_trained(space: SearchSpace, arch: dict, input_shape: tuple, num_classes: int,
+                     seed: int):
+    """``space.build`` in eval mode with BatchNorm statistics and affine parameters drawn as
+    training leaves them. At initialisation every BN folds into the same all-zero bias, and
+    the converter stores identical constant buffers once: such files are smaller than any
+    trained model's."""
+    import torch
+    torch.manual_seed(seed)
+    model = space.build(arch, input_shape, num_classes)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                if m.affine:
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.normal_(0, 0.1)
+    return model.eval()
+
+
 def list_spaces() -> list[SearchSpace]:
     return [load_space(p) for p in bundled_spaces().values()]
 
 
 __all__ = ["FAMILIES", "Param", "PruningSpec", "SearchSpace", "TrainingSpec", "bundled_spaces",
-           "list_spaces", "load_space", "sample_architectures", "space_from_dict"]
+           "build_as_trained", "list_spaces", "load_space", "sample_architectures",
+           "space_from_dict"]
