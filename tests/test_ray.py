@@ -40,6 +40,13 @@ def test_ray_search_writes_the_optuna_study(local_ray, tiny_space, tmp_path):
     best = ok["accuracy"].max()
     assert best in set(front["accuracy"])  # the most accurate feasible trial is on the front
     assert len(result.trials) == 4
+    # workers train in their own temporary folders (they may be other machines): each
+    # trained model comes back with its result and the driver stores it for export
+    models = runs / "onray" / "models"
+    trained = set(trials.loc[trials["trained"], "number"])
+    assert trained and {p.name for p in models.glob("*.pt")} == {f"{n}.pt" for n in trained}
+    from searchprune.export import load_state
+    assert all(t.dim() >= 0 for t in load_state(models / f"{min(trained)}.pt").values())
 
 
 @pytest.mark.fault

@@ -9,6 +9,8 @@ telling the study. Needs ``pip install -e ".[ray]"``.
 """
 from __future__ import annotations
 
+import base64
+import dataclasses
 import functools
 import json
 import os
@@ -20,6 +22,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ..errors import SearchpruneError
+from ..io import atomic_write_bytes
 
 # Tune drives the study through ask/tell; the storage heartbeat still marks dead trials
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
@@ -40,13 +43,20 @@ def _trainable(config: dict, ctx: TrialContext) -> None:
     params = {k: v for k, v in config.items() if k != "_number"}
     trial = optuna.trial.FixedTrial(params, number=config["_number"])
     pruned = False
-    try:
-        values = run_trial(trial, ctx)
-    except optuna.TrialPruned:
-        pruned, values = True, [0.0] * len(ctx.objectives)
+    # the worker may be another machine: the trained model travels back with the result and
+    # the driver writes it under the study's runs/<name>/models/
+    with tempfile.TemporaryDirectory() as models_dir:
+        try:
+            values = run_trial(trial, ctx if ctx.models_dir is None else
+                               dataclasses.replace(ctx, models_dir=models_dir))
+        except optuna.TrialPruned:
+            pruned, values = True, [0.0] * len(ctx.objectives)
+        saved = os.path.join(models_dir, f"{trial.number}.pt")
+        model = base64.b64encode(open(saved, "rb").read()).decode() \
+            if os.path.exists(saved) else None
     result = {f"obj{i}": float(v) for i, v in enumerate(values)}
     # one JSON string: Tune flattens nested dicts in results
-    result["searchprune"] = json.dumps({"user_attrs": trial.user_attrs,
+    result["searchprune"] = json.dumps({"user_attrs": trial.user_attrs, "model": model,
                                         "constraints": trial.constraints, "pruned": pruned})
     tune.report(result)
 
@@ -57,11 +67,16 @@ def _searcher_class():
     class RecordingOptunaSearch(OptunaSearch):
         """Copies the worker's attributes and constraints into the Optuna trial first."""
 
+        models_dir: str | None = None
+
         def on_trial_complete(self, trial_id, result=None, error=False):
             ot_trial = self._ot_trials.get(trial_id)
             payload = json.loads(result["searchprune"]) if result and "searchprune" in result \
                 else None
             if ot_trial is not None and payload:
+                if payload.get("model") and self.models_dir:
+                    atomic_write_bytes(os.path.join(self.models_dir, f"{ot_trial.number}.pt"),
+                                       base64.b64decode(payload["model"]))
                 for k, v in payload["user_attrs"].items():
                     ot_trial.set_user_attr(k, v)
                 for k, v in payload["constraints"].items():
@@ -111,6 +126,7 @@ def run_ray(study: optuna.Study, ctx: TrialContext, n_trials: int, sampler, work
         metric=[f"obj{i}" for i in range(len(ctx.objectives))],
         mode=["max" if is_maximized(o) else "min" for o in ctx.objectives],
         sampler=sampler, study_name=study.study_name, storage=storage)
+    searcher.models_dir = ctx.models_dir
     trainable = tune.with_resources(functools.partial(_trainable, ctx=ctx),
                                     {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     before = {t.number for t in study.get_trials(deepcopy=False)}
