@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,9 @@ def load_model(folder: str | Path) -> nn.Module:
 # --------------------------------------------------------------------------- deployment
 
 def _litert():
+    # litert-torch prints a progress line per conversion stage on stdout, which would mix
+    # with our own output; a user who wants it sets LITERT_TORCH_SHOW_PROGRESS=y
+    os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
     try:
         import litert_torch
         from litert_torch.quantize.pt2e_quantizer import (PT2EQuantizer,
