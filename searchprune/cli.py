@@ -57,7 +57,8 @@ def cmd_search(a) -> None:
         lo, hi = _parse_floats(a.ratio_range, "--ratio-range", 2)
         result = search_pruning(load_user_model(a.model, a.weights), a.data,
                                 ratio_range=(lo, hi), criteria=a.criteria.split(","),
-                                granularity=a.granularity, name=a.name, **common)
+                                granularity=a.granularity, name=a.name, factory=a.model,
+                                **common)
         _print_front(result, None)
         return
     if not a.space:

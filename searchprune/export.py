@@ -74,11 +74,17 @@ def shrink_to(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
 
 
 def rebuild(config: dict, state: dict[str, torch.Tensor]) -> nn.Module:
-    """The trained model from ``config`` (family, arch, input_shape, num_classes) and its
-    tensors. The family is imported by name, like the space that named it."""
-    from .spaces.families import resolve_family
-    builder = resolve_family(config["family"], "config.json")
-    model = builder(config["arch"], tuple(config["input_shape"]), int(config["num_classes"]))
+    """The trained model from ``config`` (family, arch, input_shape, num_classes; or the
+    ``model_factory`` of a pruning search) and its tensors. The family or factory is imported
+    by name, like the space or the ``--model`` that named it."""
+    if config.get("model_factory"):
+        from .calibration import resolve_model
+        out = resolve_model(config["model_factory"])()
+        model = out[0] if isinstance(out, tuple) else out
+    else:
+        from .spaces.families import resolve_family
+        builder = resolve_family(config["family"], "config.json")
+        model = builder(config["arch"], tuple(config["input_shape"]), int(config["num_classes"]))
     shrink_to(model, state)
     model.load_state_dict(state)
     return model.eval()
@@ -356,11 +362,13 @@ def c_array(flatbuffer: bytes, name: str, arena_bytes: int) -> tuple[str, str]:
 
 
 def export_trial(result, number: int, out: str | Path, runs_dir: str | Path = "runs",
-                 verify_samples: int | None = None, qat_epochs: int | None = None) -> Path:
+                 verify_samples: int | None = None, qat_epochs: int | None = None,
+                 task=None) -> Path:
     """Write ``model.pt``, ``config.json``, ``model_int8.tflite``, ``model_data.cc/.h`` and
     ``verify.json`` for trial ``number`` of a study (see the README). The int8 model is
     quantised as the trial was (post-training, or quantisation-aware fine-tuned when the
-    search chose that); ``qat_epochs`` overrides it (0: post-training)."""
+    search chose that); ``qat_epochs`` overrides it (0: post-training). ``task``: the Task,
+    for studies searched on one built in Python."""
     from .cost import estimate
     from .hardware import load_profile
     from .pruning import sparsity
@@ -380,7 +388,13 @@ def export_trial(result, number: int, out: str | Path, runs_dir: str | Path = "r
         raise SearchpruneError(f"trial {number} was not trained (rejected or stopped): "
                                "nothing to export")
     attrs = study.user_attrs
+    if attrs["family"].startswith("trained ") and not attrs.get("model_factory"):
+        raise SearchpruneError(
+            f"study {result.name!r} pruned a model object: its architecture cannot be rebuilt "
+            "by name. Start the pruning search with factory='pkg.module:fn' (the CLI's --model "
+            "does), or take the pruned model from runs/<name>/models/ yourself")
     config = {"study": result.name, "trial": number, "family": attrs["family"],
+              "model_factory": attrs.get("model_factory"),
               "space": attrs["space"], "arch": trial.user_attrs["arch"],
               "input_shape": trial.user_attrs["input_shape"], "num_classes": attrs["num_classes"],
               "pruning": {**trial.user_attrs.get("pruning", {}),
@@ -393,7 +407,12 @@ def export_trial(result, number: int, out: str | Path, runs_dir: str | Path = "r
     state = load_state(saved)
     model = rebuild(config, state)
     config["sparsity"] = sparsity(model)
-    task = load_task(attrs["task"])
+    if task is None:
+        source = attrs.get("task_source", attrs["task"])
+        if source is None:
+            raise SearchpruneError(f"study {result.name!r} was searched on a Task built in "
+                                   "Python: pass it to export (task=...)")
+        task = load_task(source)
     shape = tuple(config["input_shape"])
     if len(shape) == 3 and shape != tuple(task.input_shape):
         task = task.resized(shape[1:])

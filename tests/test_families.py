@@ -1,4 +1,5 @@
 """Model families, resolution search, bring-your-own family / data / trained model."""
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -114,6 +115,13 @@ def test_npz_task_from_the_cli(tmp_path):
     loaded = sp.load_study("tab", tmp_path / "runs")
     assert loaded.study.user_attrs["task"] == "tab"
     assert loaded.trials["accuracy"].max() > 0.6  # two classes, learnable
+    pytest.importorskip("litert_torch", reason="export needs the [tflite] extra")
+    # export finds the .npz again (by its resolved path) from another working directory
+    trials = loaded.trials
+    best = int(trials.loc[trials["trained"]].sort_values("accuracy")["number"].iloc[-1])
+    out = loaded.export(best, tmp_path / "deploy", runs_dir=tmp_path / "runs")
+    verify = json.loads((out / "verify.json").read_text())
+    assert verify["samples"] == 100 and verify["full_int8"]
 
 
 @pytest.mark.bad_input
@@ -158,6 +166,9 @@ def test_pruning_search_keeps_accuracy_and_cuts_latency(digits, trained):
                   (front["flash_bytes"] <= 0.7 * dense.flash_bytes))]
     assert len(good) >= 1, front[["accuracy", "latency_ms", "flash_bytes"]]
     assert evaluate(trained, digits) == dense_acc  # the user's model is left untouched
+    # a model object has no name to rebuild its architecture from: export says what to do
+    with pytest.raises(SearchpruneError, match="factory="):
+        result.export(int(front["number"].iloc[0]), "unused")
 
 
 def test_pruning_search_from_the_cli(tmp_path, trained):
@@ -170,3 +181,16 @@ def test_pruning_search_from_the_cli(tmp_path, trained):
                           capture_output=True, text=True, cwd=TESTS)
     assert proc.returncode == 0, proc.stderr
     assert "Pareto front of study 'squeeze'" in proc.stdout
+    pytest.importorskip("litert_torch", reason="export needs the [tflite] extra")
+    # --model names the architecture: a pruned trial rebuilds and exports
+    study = sp.load_study("squeeze", tmp_path / "runs")
+    trials = study.trials
+    number = int(trials.loc[trials["trained"], "number"].iloc[0])
+    out = study.export(number, tmp_path / "deploy", runs_dir=tmp_path / "runs")
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_factory"] == "helpers:trained_factory"
+    from searchprune.export import load_model
+    pruned = load_model(out)
+    assert sum(p.numel() for p in pruned.parameters()) <= \
+        sum(p.numel() for p in trained.parameters())
+    assert json.loads((out / "verify.json").read_text())["full_int8"]

@@ -74,9 +74,19 @@ def make_sampler(name, seed: int | None) -> optuna.samplers.BaseSampler:
     raise UnknownNameError("sampler", name, SAMPLERS)
 
 
+def _task_source(task) -> str | None:
+    """How export finds the task again: a bundled name, a resolved .npz path, or None for a
+    Task object built in Python."""
+    if isinstance(task, str):
+        return str(Path(task).resolve()) if task.endswith(".npz") else task
+    return None
+
+
 def _study_attrs(space: SearchSpace, profiles: list[HardwareProfile], objectives: list[str],
-                 constraints, seed: int, task: Task) -> dict:
+                 constraints, seed: int, task: Task, task_source: str | None) -> dict:
     return {"space": space.path or space.name, "space_name": space.name, "task": task.name,
+            "task_source": task_source,
+            "model_factory": getattr(space.builder_fn, "factory", None),
             "family": space.family, "task_input_shape": list(task.input_shape),
             "num_classes": task.num_classes,
             "profiles": [p.name for p in profiles],
@@ -240,7 +250,8 @@ def search(space: str | Path | SearchSpace, hardware: Sequence[str | HardwarePro
     else:
         storage_obj = storage
     directions = ["maximize" if is_maximized(o) else "minimize" for o in objs]
-    attrs = _study_attrs(space, profiles, objs, cons, seed, task_obj)
+    attrs = _study_attrs(space, profiles, objs, cons, seed, task_obj,
+                         _task_source(task or space.task))
     sampler_seed = seed + _worker_index  # workers must not replay each other's candidates
     if backend == "ray" and sampler == "nsga2":
         # Optuna's NSGA-II holds a thread lock that Tune cannot pickle
@@ -296,10 +307,12 @@ def search(space: str | Path | SearchSpace, hardware: Sequence[str | HardwarePro
 
 
 class _CopyOf:
-    """A picklable builder that returns a fresh copy of one trained model."""
+    """A picklable builder that returns a fresh copy of one trained model; ``factory``
+    (``pkg.module:fn``) rebuilds its architecture for export."""
 
-    def __init__(self, model):
+    def __init__(self, model, factory: str | None = None):
         self.model = model
+        self.factory = factory
 
     def __call__(self, params, input_shape, num_classes):
         import copy
@@ -310,12 +323,15 @@ def search_pruning(model, task: Task | str, hardware, ratio_range: tuple = (0.0,
                    criteria: Sequence[str] = ("l1", "taylor"), granularity: str = "structured",
                    n_trials: int = 40, finetune_epochs: int = 2, batch_size: int = 32,
                    lr: float = 0.005, schedule: str = "one_shot", steps: int = 1,
-                   name: str | None = None, **kwargs) -> SearchResult:
+                   name: str | None = None, factory: str | None = None,
+                   **kwargs) -> SearchResult:
     """Search per-layer pruning ratios (and the criterion) of an already trained model.
 
     Every trial starts from ``model``'s trained weights, prunes, fine-tunes for
-    ``finetune_epochs`` and is costed on every profile; no training from scratch. Other
-    keyword arguments go to :func:`search` (objectives, constraints, sampler, storage...)."""
+    ``finetune_epochs`` and is costed on every profile; no training from scratch.
+    ``factory``: ``"pkg.module:fn"`` returning the model's (untrained) architecture, so that
+    ``export`` can rebuild the pruned trials (the CLI's ``--model`` sets it). Other keyword
+    arguments go to :func:`search` (objectives, constraints, sampler, storage...)."""
     from ..spaces import SearchSpace, TrainingSpec, space_from_dict
     lo, hi = ratio_range
     # validate the pruning choices exactly as a space file would be validated
@@ -334,8 +350,8 @@ def search_pruning(model, task: Task | str, hardware, ratio_range: tuple = (0.0,
         pruning=check.pruning,
         training=TrainingSpec(epochs=0, finetune_epochs=finetune_epochs, batch_size=batch_size,
                               lr=lr * 2),  # fine-tuning runs at lr / 2
-        builder_fn=_CopyOf(model.eval()))
-    return search(space, hardware, n_trials=n_trials, task=task_obj, name=space.name, **kwargs)
+        builder_fn=_CopyOf(model.eval(), factory))
+    return search(space, hardware, n_trials=n_trials, task=task, name=space.name, **kwargs)
 
 
 def _worker(kwargs: dict, index: int) -> None:

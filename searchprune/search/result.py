@@ -95,10 +95,12 @@ class SearchResult:
         from ..report import plot_pareto
         return plot_pareto(self, x=x, y=y, profile=profile)
 
-    def export(self, trial: int, out, runs_dir="runs", qat_epochs: int | None = None):
+    def export(self, trial: int, out, runs_dir="runs", qat_epochs: int | None = None,
+               task=None):
         """Export one trained trial for deployment (see :func:`searchprune.export.export_trial`)."""
         from ..export import export_trial
-        return export_trial(self, trial, out, runs_dir=runs_dir, qat_epochs=qat_epochs)
+        return export_trial(self, trial, out, runs_dir=runs_dir, qat_epochs=qat_epochs,
+                            task=task)
 
     def front_table(self, profile: str | None = None) -> pd.DataFrame:
         """The front with its key columns only, for printing."""
