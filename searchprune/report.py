@@ -204,6 +204,7 @@ def build_report(result: SearchResult) -> str:
     """The report as one HTML string."""
     import plotly.graph_objects as go
     from plotly.offline import get_plotlyjs
+    result = result.snapshot()  # one read of the storage for every plot and table
     sections = []
 
     def add(fig):

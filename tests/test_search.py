@@ -43,6 +43,12 @@ def test_search_in_memory_end_to_end(tiny_space):
     assert ((trained["accuracy"] > 0.1) & (trained["accuracy"] <= 1)).all()
     assert trials["duration"].gt(0).all()
     check_front(result)
+    # a snapshot (what a report is built from) keeps the trials it read, while the live
+    # result sees trials added since
+    snap = result.snapshot()
+    result.study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
+    assert len(result.trials) == 6 and len(snap.trials) == 5
+    assert list(snap.pareto["number"]) == list(result.pareto["number"])
 
 
 def test_sqlite_storage_resumes_and_keeps_trials(tiny_space, tmp_path):

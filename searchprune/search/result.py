@@ -24,6 +24,15 @@ class SearchResult:
         self.profiles: list[str] = list(attrs["profiles"])
         self.objectives: list[str] = list(attrs["objectives"])
         self.budgets: dict = attrs.get("budgets", {})
+        self._frozen: pd.DataFrame | None = None
+
+    def snapshot(self) -> "SearchResult":
+        """This result with its trials read from the storage once: every view built from it
+        (a report's plots, fronts and tables) shows the same trials, even while the study
+        runs on, and none rereads the storage."""
+        snap = SearchResult(self.study)
+        snap._frozen = self.trials
+        return snap
 
     def __repr__(self) -> str:
         return (f"SearchResult({self.name!r}, trials={len(self.study.trials)}, "
@@ -32,6 +41,8 @@ class SearchResult:
     @property
     def trials(self) -> pd.DataFrame:
         """Every trial: number, state, duration (s), feasible, trained, metrics, params."""
+        if self._frozen is not None:
+            return self._frozen.copy()
         rows = []
         first = self.profiles[0]
         for t in self.study.get_trials(deepcopy=False):
