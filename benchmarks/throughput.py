@@ -9,7 +9,6 @@ Run: python benchmarks/throughput.py [n_trials]  (about 5 minutes with 30)
 """
 from __future__ import annotations
 
-import dataclasses
 import sys
 import tempfile
 import time

@@ -347,6 +347,67 @@ class TFLMRunner:
         return out
 
 
+def verify_flatbuffer(flatbuffer: bytes, model: nn.Module, task, reports=(),
+                      samples: int | None = None) -> dict:
+    """Run ``flatbuffer`` in the TFLM interpreter on ``task``'s test set (the first
+    ``samples``): arena head and total, file size, ops, top-1 agreement with ``model`` and
+    int8 accuracy, next to the cost ``reports``' estimates (what ``verify.json`` holds)."""
+    runner = TFLMRunner(flatbuffer)
+    alloc = runner.allocations()
+    x_test, y_test = task.tensors("test")
+    if samples:
+        x_test, y_test = x_test[:samples], y_test[:samples]
+    with torch.no_grad():
+        torch_top1 = model.eval()(x_test).argmax(1).tolist()
+    tflm_top1 = runner.predict(x_test)
+    truth = y_test.tolist()
+    ops = [o["op"] for o in tflite_ops(flatbuffer)]
+    n = len(tflm_top1)
+
+    def share(a, b):
+        return sum(int(i == j) for i, j in zip(a, b)) / n
+
+    return {"samples": n,
+            "full_int8": not any(o in ("DEQUANTIZE", "QUANTIZE") for o in ops),
+            "ops": ops,
+            "top1_agreement_tflm_vs_pytorch": share(torch_top1, tflm_top1),
+            "accuracy_pytorch": share(torch_top1, truth),
+            "accuracy_int8_tflm": share(tflm_top1, truth),
+            "tflm_arena_head_bytes": alloc["head"], "tflm_arena_total_bytes": alloc["total"],
+            "tflite_file_bytes": len(flatbuffer),
+            "estimates": {r.profile: {"arena_bytes": r.arena_bytes, "model_bytes": r.model_bytes}
+                          for r in reports}}
+
+
+def check_architecture(space, arch: dict, task, seed: int = 0, epochs: int = 4,
+                       profile: str = "stm32l4r5-tflm-ref") -> dict:
+    """Build ``arch`` of ``space``, train it for ``epochs`` on ``task``, export it and run it in
+    TFLM: the interpreter's arena head and file size next to the cost model's estimates on
+    ``profile`` (default: TFLM with reference kernels, as in the interpreter) and the int8
+    top-1 agreement with PyTorch. How to check a family or space of your own."""
+    from .cost import estimate
+    from .spaces import build_as_trained
+    from .training import train
+    shape = space.input_shape(arch, tuple(task.input_shape))
+    if len(shape) == 3 and shape != tuple(task.input_shape):
+        task = task.resized(shape[1:])
+    model = build_as_trained(space, arch, shape, task.num_classes, seed)
+    train(model, task, epochs=epochs, batch_size=32, lr=0.01, seed=seed)
+    model.eval()
+    x_train, _ = task.tensors("train")
+    flatbuffer = to_tflite(model, shape, x_train[:256])
+    report = estimate(model, (1, *shape), profile)
+    v = verify_flatbuffer(flatbuffer, model, task, [report])
+    return {"space": space.name, "arch": arch, "input_shape": list(shape),
+            "transpose_at_input": v["ops"][0] == "TRANSPOSE", "full_int8": v["full_int8"],
+            "tflm_head_bytes": v["tflm_arena_head_bytes"],
+            "arena_estimate_bytes": report.arena_bytes, "tflite_bytes": len(flatbuffer),
+            "flash_estimate_bytes": report.model_bytes,
+            "flash_error_pct": round(100 * (report.model_bytes / len(flatbuffer) - 1), 2),
+            "top1_agreement": v["top1_agreement_tflm_vs_pytorch"],
+            "accuracy_pytorch": v["accuracy_pytorch"], "accuracy_int8_tflm": v["accuracy_int8_tflm"]}
+
+
 def c_array(flatbuffer: bytes, name: str, arena_bytes: int) -> tuple[str, str]:
     """``model_data.h`` / ``model_data.cc``: the flatbuffer as a 16-byte aligned array, its
     length and the tensor-arena size to give TFLM."""
@@ -373,7 +434,7 @@ def export_trial(result, number: int, out: str | Path, runs_dir: str | Path = "r
     from .hardware import load_profile
     from .pruning import sparsity
     from .search.optuna_backend import study_dir
-    from .training import evaluate, load_task
+    from .training import load_task
     if qat_epochs is not None and (isinstance(qat_epochs, bool) or not isinstance(qat_epochs, int)
                                    or qat_epochs < 0):
         from .errors import ConfigError
@@ -429,29 +490,10 @@ def export_trial(result, number: int, out: str | Path, runs_dir: str | Path = "r
     reports = estimate(model, (1, *shape), profiles)
     config["costs"] = {r.profile: {**r.metrics(), "arena_bytes": r.arena_bytes,
                                    "model_bytes": r.model_bytes} for r in reports}
-    runner = TFLMRunner(flatbuffer)
-    alloc = runner.allocations()
-    x_test, y_test = task.tensors("test")
-    if verify_samples:
-        x_test, y_test = x_test[:verify_samples], y_test[:verify_samples]
-    with torch.no_grad():
-        torch_top1 = model(x_test).argmax(1).tolist()
-    tflm_top1 = runner.predict(x_test)
-    agree = sum(a == b for a, b in zip(torch_top1, tflm_top1)) / len(tflm_top1)
-    ops = tflite_ops(flatbuffer)
-    verify = {"samples": len(tflm_top1), "quantization": config["quantization"]["method"],
-              "full_int8": not any(o["op"] in ("DEQUANTIZE", "QUANTIZE") for o in ops),
-              "ops": [o["op"] for o in ops],
-              "top1_agreement_tflm_vs_pytorch": agree,
-              "accuracy_pytorch": sum(int(a == b) for a, b in zip(torch_top1, y_test.tolist()))
-              / len(tflm_top1),
-              "accuracy_int8_tflm": sum(int(a == b) for a, b in zip(tflm_top1, y_test.tolist()))
-              / len(tflm_top1),
-              "tflm_arena_head_bytes": alloc["head"], "tflm_arena_total_bytes": alloc["total"],
-              "tflite_file_bytes": len(flatbuffer),
-              "estimates": {r.profile: {"arena_bytes": r.arena_bytes, "model_bytes": r.model_bytes}
-                            for r in reports}}
-    arena_for_c = alloc["total"] + 1024  # measured on a 64-bit host: ample for a 32-bit MCU
+    verify = verify_flatbuffer(flatbuffer, model, task, reports, verify_samples)
+    verify["quantization"] = config["quantization"]["method"]
+    # measured on a 64-bit host: ample for a 32-bit MCU
+    arena_for_c = verify["tflm_arena_total_bytes"] + 1024
     header, body = c_array(flatbuffer, "g_model", arena_for_c)
     out.mkdir(parents=True, exist_ok=True)
     save_state(model, out / "model.pt")

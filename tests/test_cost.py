@@ -6,7 +6,7 @@ import torch.nn as nn
 
 import searchprune as sp
 from searchprune import zoo
-from searchprune.cost import Buffer, buffers, estimate_graph, live_peak, lower, plan_arena
+from searchprune.cost import Buffer, buffers, live_peak, lower, plan_arena
 from searchprune.errors import UnsupportedOpError
 from searchprune.graph import trace
 from searchprune.hardware import LatencyCoefficients, Runtime

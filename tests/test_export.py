@@ -15,11 +15,11 @@ from conftest import TINY_SPACE
 
 pytest.importorskip("litert_torch", reason="the converter is not installed (pip install -e '.[tflite]')")
 pytest.importorskip("tflite_micro", reason="tflite-micro is not installed (pip install -e '.[tflite]')")
-from searchprune.export import TFLMRunner, load_model, tflite_ops, to_tflite  # noqa: E402
-from searchprune.spaces import build_as_trained, sample_architectures  # noqa: E402
+from searchprune.export import (TFLMRunner, check_architecture, load_model,  # noqa: E402
+                                tflite_ops, to_tflite)
+from searchprune.spaces import sample_architectures  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-TFLM_REF = "stm32l4r5-tflm-ref"  # TFLM with reference kernels, as in the Python interpreter
 
 
 def sampled_architectures():
@@ -30,25 +30,25 @@ def sampled_architectures():
 
 def test_planned_arena_equals_the_tflm_head():
     """20 architectures from the bundled spaces (plain, depthwise-separable, inverted
-    residual, residual, MLP; resolutions 8-16, strides 1-2), each exported fully int8: the
-    estimate of the arena TFLM plans equals what the real interpreter allocates."""
-    results = []
-    for k, (name, space, arch) in enumerate(sampled_architectures()):
-        shape = space.input_shape(arch, (1, 8, 8))
-        model = build_as_trained(space, arch, shape, 10, seed=k)
-        flatbuffer = to_tflite(model, shape, torch.rand(16, *shape))
-        ops = [o["op"] for o in tflite_ops(flatbuffer)]
-        assert ops[0] != "TRANSPOSE"  # NHWC input: the sensor buffer goes in as is
-        assert "DEQUANTIZE" not in ops and "QUANTIZE" not in ops, (name, arch, ops)  # all int8
-        head = TFLMRunner(flatbuffer).allocations()["head"]
-        report = sp.estimate(model, (1, *shape), TFLM_REF)
-        results.append((name, arch, head, report.arena_bytes, len(flatbuffer), report.model_bytes))
-    assert len(results) == 20
-    assert [r for r in results if r[2] != r[3]] == []
-    # flash vs the .tflite size (format constants fitted on another sample): measured within
-    # 2 % for all 20
-    errors = [abs(estimate / size - 1) for *_, size, estimate in results]
-    assert max(errors) <= 0.05, errors
+    residual, residual, MLP; resolutions 8-16, strides 1-2), each trained briefly and
+    exported fully int8: the estimate of the arena TFLM plans equals what the real
+    interpreter allocates, flash is within 5 % of the file and the int8 model agrees with
+    PyTorch on the digits test set."""
+    task = sp.digits_task()
+    rows = [check_architecture(space, arch, task, seed=k)
+            for k, (name, space, arch) in enumerate(sampled_architectures())]
+    assert len(rows) == 20
+    assert not any(r["transpose_at_input"] for r in rows)  # the sensor buffer goes in as is
+    assert all(r["full_int8"] for r in rows), [r["arch"] for r in rows if not r["full_int8"]]
+    assert [r for r in rows if r["tflm_head_bytes"] != r["arena_estimate_bytes"]] == []
+    # flash (format constants fitted on another sample): measured within 2 % for all 20
+    assert max(abs(r["flash_error_pct"]) for r in rows) <= 5, rows
+    # agreement: models that learned the task (a 1-layer net near chance has near-tied
+    # logits that int8 rounding flips; measured min 0.95 there, see export_check.py)
+    learned = [r for r in rows if r["accuracy_pytorch"] >= 0.9]
+    assert len(learned) >= 10
+    assert min(r["top1_agreement"] for r in learned) >= 0.98, learned
+    assert min(r["top1_agreement"] for r in rows) >= 0.9
 
 
 @pytest.fixture(scope="module")

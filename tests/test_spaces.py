@@ -1,6 +1,5 @@
 import optuna
 import pytest
-import torch
 import yaml
 
 import searchprune as sp
