@@ -26,7 +26,7 @@ def load_user_model(spec: str, weights: str | None):
     """``pkg.module:factory`` -> nn.Module, with a state dict loaded from ``weights``
     (``torch.load(weights_only=True)``: tensors only, no code runs from the file)."""
     from .calibration import resolve_model
-    from .export import load_state
+    from .io import load_state
     out = resolve_model(spec)()
     model = out[0] if isinstance(out, tuple) else out
     if weights:

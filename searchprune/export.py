@@ -1,5 +1,5 @@
-"""Trained trial models: saved as tensors only, rebuilt from their configuration, exported
-for deployment (int8 TFLite, a C array for TFLM) and verified in the TFLM interpreter.
+"""Trained trial models rebuilt from their configuration, exported for deployment (int8
+TFLite, a C array for TFLM) and verified in the TFLM interpreter.
 
 A trial's pruned model is stored as a plain state dict (``runs/NAME/models/<trial>.pt``).
 Loading never unpickles code: :func:`rebuild` builds the dense architecture from the space
@@ -8,36 +8,15 @@ pruning removed channels), and loads the tensors with ``torch.load(weights_only=
 """
 from __future__ import annotations
 
-import copy
 import json
-import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn as nn
 
 from .errors import SearchpruneError
-from .io import atomic_write_bytes, atomic_write_text
-
-
-def save_state(model: nn.Module, path: str | Path) -> Path:
-    """The model's tensors (parameters and buffers), written atomically."""
-    import io
-    buf = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
-    return atomic_write_bytes(path, buf.getvalue())
-
-
-def load_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors only: ``torch.load(weights_only=True)`` runs no code from the file."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise SearchpruneError(f"{path}: file not found") from None
-    except Exception as e:
-        raise SearchpruneError(f"{path}: not a file of tensors: {e}") from None
+from .io import atomic_write_bytes, atomic_write_text, load_state, save_state
+from .quantize import QAT, litert_modules, quantize_int8, to_nhwc
 
 
 def shrink_to(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
@@ -105,148 +84,13 @@ def load_model(folder: str | Path) -> nn.Module:
 
 # --------------------------------------------------------------------------- deployment
 
-def _litert():
-    # litert-torch prints a progress line per conversion stage on stdout, which would mix
-    # with our own output; a user who wants it sets LITERT_TORCH_SHOW_PROGRESS=y
-    os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
-    try:
-        import litert_torch
-        from litert_torch.quantize.pt2e_quantizer import (PT2EQuantizer,
-                                                          get_symmetric_quantization_config)
-        from litert_torch.quantize.quant_config import QuantConfig
-        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-    except ImportError as e:
-        raise SearchpruneError('export needs the converter: pip install -e ".[tflite]" '
-                               f"({e})") from None
-    return litert_torch, PT2EQuantizer, get_symmetric_quantization_config, QuantConfig, \
-        prepare_pt2e, convert_pt2e
-
-
-@dataclass(frozen=True)
-class QAT:
-    """Quantisation-aware fine-tuning: ``epochs`` epochs of Adam at ``lr`` on ``task``'s
-    training split through int8 fake quantisation (BatchNorm folded into the convs first)."""
-
-    task: Any
-    epochs: int = 2
-    lr: float = 1e-3
-    batch_size: int = 64
-    seed: int = 0
-
-
-def quantize_int8(model: nn.Module, input_shape: tuple, calibration: torch.Tensor,
-                  qat: QAT | None = None):
-    """Int8 quantisation (PT2E, per-channel symmetric weights) of ``model`` with NHWC input:
-    post-training, calibrated on ``calibration`` (NCHW samples), or quantisation-aware
-    fine-tuning with ``qat``. ``model`` is not changed. Returns (quantised module, quantizer,
-    sample input)."""
-    litert_torch, PT2EQuantizer, config, _, prepare_pt2e, convert_pt2e = _litert()
-    source = model.eval()
-    if qat is not None:
-        from torch.fx.experimental.optimization import fuse
-        source = fuse(copy.deepcopy(model).eval())  # BN folded: what runs on the MCU
-    image = len(input_shape) == 3
-    nhwc = litert_torch.to_channel_last_io(source, args=[0]) if image else source
-    sample = (torch.zeros(1, *_nhwc(input_shape)),)
-    quantizer = _add_aware(PT2EQuantizer)().set_global(config(
-        is_per_channel=True, is_dynamic=False, is_qat=qat is not None))
-    if qat is None:
-        prepared = prepare_pt2e(torch.export.export(nhwc, sample).module(), quantizer)
-        with torch.no_grad():
-            for x in calibration:
-                prepared(_to_nhwc(x[None]))
-    else:
-        prepared = _qat_finetune(nhwc, input_shape, quantizer, qat, image)
-    converted = convert_pt2e(prepared, fold_quantize=False)
-    converted.training = False
-    return converted, quantizer, sample
-
-
-def _qat_finetune(nhwc: nn.Module, input_shape: tuple, quantizer, qat: QAT, image: bool):
-    import torch.nn.functional as F
-    from torchao.quantization.pt2e import (move_exported_model_to_eval,
-                                           move_exported_model_to_train)
-    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
-    from .training import batches
-    batch = torch.export.Dim("batch", min=1, max=1 << 16)
-    dims = (({0: batch},),) if image else ({0: batch},)  # the NHWC wrapper takes *args
-    exported = torch.export.export(nhwc, (torch.zeros(2, *_nhwc(input_shape)),),
-                                   dynamic_shapes=dims).module()
-    prepared = prepare_qat_pt2e(exported, quantizer)
-    move_exported_model_to_train(prepared)
-    opt = torch.optim.Adam(prepared.parameters(), lr=qat.lr)
-    x, y = qat.task.tensors("train")
-    gen = torch.Generator().manual_seed(qat.seed)
-    for _ in range(qat.epochs):
-        for xb, yb in batches(x, y, qat.batch_size, gen):
-            opt.zero_grad()
-            F.cross_entropy(prepared(_to_nhwc(xb)), yb).backward()
-            opt.step()
-    move_exported_model_to_eval(prepared)
-    return prepared
-
-
-def _add_aware(base):
-    """litert-torch's quantizer leaves an ADD unannotated when no ReLU follows it (chained
-    inverted-residual blocks): the converter then emits DEQUANTIZE / float ADD / QUANTIZE.
-    This subclass annotates every remaining tensor add like litert's own add annotator."""
-    from litert_torch.quantize.pt2e_quantizer_utils import (QuantizationAnnotation,
-                                                            get_input_act_qspec,
-                                                            get_output_act_qspec)
-
-    class AddAwareQuantizer(base):
-        # BatchNorm is folded before quantisation (QAT too): no conv-bn patterns to annotate,
-        # and litert's conv-bn annotators fail on torch 2.13
-        STATIC_QAT_ONLY_OPS: list = []
-
-        def annotate(self, model):
-            model = super().annotate(model)
-            cfg = self.global_config
-            for node in model.graph.nodes:
-                if node.op != "call_function" or node.target != torch.ops.aten.add.Tensor or \
-                        "quantization_annotation" in node.meta:
-                    continue
-                inputs = [a for a in node.args[:2] if isinstance(a, torch.fx.Node)]
-                if len(inputs) != 2:
-                    continue
-                node.meta["quantization_annotation"] = QuantizationAnnotation(
-                    input_qspec_map={a: get_input_act_qspec(cfg) for a in inputs},
-                    output_qspec=get_output_act_qspec(cfg), _annotated=True)
-            return model
-
-    return AddAwareQuantizer
-
-
-def int8_accuracy(model: nn.Module, task, calibration_samples: int = 64,
-                  qat: QAT | None = None) -> float:
-    """Test accuracy of ``model`` after the int8 quantisation the export uses (PT2E q/dq
-    graph, evaluated in PyTorch, one sample at a time as on the MCU): post-training, or
-    quantisation-aware fine-tuned with ``qat``."""
-    shape = tuple(task.input_shape)
-    x_train, _ = task.tensors("train")
-    quantized, _, _ = quantize_int8(model, shape, x_train[:calibration_samples], qat)
-    x, y = task.tensors("test")
-    with torch.no_grad():
-        correct = sum(int(quantized(_to_nhwc(x[i:i + 1])).argmax(-1).item() == int(y[i]))
-                      for i in range(len(x)))
-    return correct / len(x)
-
-
-def _nhwc(shape: tuple) -> tuple:
-    return (shape[1], shape[2], shape[0]) if len(shape) == 3 else tuple(shape)
-
-
-def _to_nhwc(x: torch.Tensor) -> torch.Tensor:
-    return x.permute(0, 2, 3, 1) if x.dim() == 4 else x
-
-
 def to_tflite(model: nn.Module, input_shape: tuple, calibration: torch.Tensor,
               qat: QAT | None = None) -> bytes:
     """Full-int8 TFLite flatbuffer (int8 input and output, NHWC input: no TRANSPOSE at the
     input), converted with litert-torch, tensor names stripped. ``qat``: quantisation-aware
     fine-tuning instead of post-training calibration."""
     import tempfile
-    litert_torch, _, _, QuantConfig, _, _ = _litert()
+    litert_torch, _, _, QuantConfig, _, _ = litert_modules()
     converted, quantizer, sample = quantize_int8(model, input_shape, calibration, qat)
     edge = litert_torch.convert(converted, sample, quant_config=QuantConfig(pt2e_quantizer=quantizer))
     with tempfile.TemporaryDirectory() as tmp:
@@ -339,7 +183,7 @@ class TFLMRunner:
         import numpy as np
         out = []
         for sample in x:
-            q = torch.round(_to_nhwc(sample[None]) / self.scale + self.zero_point)
+            q = torch.round(to_nhwc(sample[None]) / self.scale + self.zero_point)
             q = q.clamp(-128, 127).to(torch.int8).numpy().reshape(self.input_shape)
             self.interpreter.set_input(q, 0)
             self.interpreter.invoke()

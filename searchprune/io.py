@@ -1,4 +1,5 @@
-"""Writing user-facing files atomically: a crash never leaves a half-written file."""
+"""Files: user-facing ones written atomically (a crash never leaves a half-written file), and
+models saved and loaded as tensors only."""
 from __future__ import annotations
 
 import os
@@ -39,3 +40,24 @@ def write_rows_csv(path: str | Path, rows: list[dict]) -> Path:
     writer.writeheader()
     writer.writerows(rows)
     return atomic_write_text(path, buf.getvalue())
+
+
+def save_state(model, path: str | Path) -> Path:
+    """The model's tensors (parameters and buffers), written atomically."""
+    import io
+    import torch
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def load_state(path: str | Path) -> dict:
+    """Tensors only: ``torch.load(weights_only=True)`` runs no code from the file."""
+    import torch
+    from .errors import SearchpruneError
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise SearchpruneError(f"{path}: file not found") from None
+    except Exception as e:
+        raise SearchpruneError(f"{path}: not a file of tensors: {e}") from None

@@ -152,7 +152,7 @@ def _flat_digits():
 
 @pytest.mark.parametrize("kind", ["image", "flat"])
 def test_qat_fine_tunes_through_fake_quantisation_and_exports_full_int8(kind):
-    from searchprune.export import QAT, int8_accuracy
+    from searchprune.quantize import QAT, int8_accuracy
     torch.manual_seed(0)
     if kind == "image":
         task = sp.digits_task()
@@ -180,14 +180,14 @@ def test_qat_fine_tunes_through_fake_quantisation_and_exports_full_int8(kind):
 
 
 def test_search_runs_qat_when_int8_drops_and_export_repeats_it(tmp_path, monkeypatch):
-    from searchprune import export
-    real = export.int8_accuracy
+    from searchprune import quantize
+    real = quantize.int8_accuracy
 
     def lossy_ptq(model, task, calibration_samples=64, qat=None):
         # post-training quantisation that loses 0.3 (as it can on real models): QAT must run
         return real(model, task, calibration_samples, qat) - (0.3 if qat is None else 0.0)
 
-    monkeypatch.setattr(export, "int8_accuracy", lossy_ptq)
+    monkeypatch.setattr(quantize, "int8_accuracy", lossy_ptq)
     data = yaml.safe_load(TINY_SPACE)
     data["training"] = {"epochs": 3, "finetune_epochs": 1, "batch_size": 32, "lr": 0.01,
                         "qat_epochs": 2, "qat_max_drop": 0.1}

@@ -45,7 +45,7 @@ def test_ray_search_writes_the_optuna_study(local_ray, tiny_space, tmp_path):
     models = runs / "onray" / "models"
     trained = set(trials.loc[trials["trained"], "number"])
     assert trained and {p.name for p in models.glob("*.pt")} == {f"{n}.pt" for n in trained}
-    from searchprune.export import load_state
+    from searchprune.io import load_state
     assert all(t.dim() >= 0 for t in load_state(models / f"{min(trained)}.pt").values())
 
 

@@ -228,7 +228,7 @@ def run_trial(trial, ctx: TrialContext) -> list[float]:
     metrics["accuracy"] = accuracy
     metrics["accuracy_int8"] = accuracy_int8
     if ctx.models_dir:
-        from ..export import save_state
+        from ..io import save_state
         save_state(model, Path(ctx.models_dir) / f"{trial.number}.pt")
     trial.set_user_attr("input_shape", list(ctx.task.input_shape))
     trial.set_user_attr("layer_costs", {  # per-layer breakdown for the report
@@ -242,8 +242,8 @@ def int8_accuracy(trial, model: nn.Module, accuracy: float, ctx: TrialContext) -
     """Post-training int8 accuracy; where it falls more than ``training.qat_max_drop`` below
     the float accuracy and ``training.qat_epochs`` > 0, quantisation-aware fine-tuning too
     (Adam at lr / 10), keeping the better. Records the method in the trial."""
-    from ..export import QAT
-    from ..export import int8_accuracy as measure
+    from ..quantize import QAT
+    from ..quantize import int8_accuracy as measure
     tr = ctx.space.training
     ptq = measure(model, ctx.task)
     trial.set_user_attr("int8_method", "ptq")
