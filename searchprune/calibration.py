@@ -142,6 +142,17 @@ def _solve(feats: list[dict], targets: np.ndarray, groups, base: dict,
     return scale if np.all(scale > 0) else None
 
 
+def _fit_scales(feats, cycles, used, weak, prior, fixed) -> list[float] | None:
+    """One scale per group in ``used`` plus, last, the board's overall scale (all MAC kinds
+    alike) that the ``weak`` kinds follow."""
+    overall = _solve(feats, cycles, (MAC_COEFFICIENTS,), prior, fixed)
+    if overall is None:
+        return None
+    scales = _solve(feats, cycles, used, prior,
+                    {**fixed, **{c: overall[0] * prior[c] for c in weak}})
+    return None if scales is None else [*scales, overall[0]]
+
+
 def _with_scales(profile: HardwareProfile, groups, scales, base: dict, name=None):
     values = dict(dataclasses.asdict(profile.latency))
     for g, s in zip(groups, scales):
@@ -163,23 +174,18 @@ def calibrate(measurements: Sequence[Measurement], base: str | HardwareProfile,
     prior = {c: getattr(base.latency, c) for c in MAC_COEFFICIENTS}
     fixed = {f.name: getattr(base.latency, f.name) for f in dataclasses.fields(base.latency)
              if f.name not in MAC_COEFFICIENTS}
-    # the board's overall speed against the prior: one scale for all MAC kinds
-    overall = _solve(feats, cycles, (MAC_COEFFICIENTS,), prior, fixed)
-    if overall is None:
-        raise SearchpruneError("calibration found no positive fit: check the measured latencies")
     for groups in GROUPINGS:
         # a kind no row pins down follows the board's overall scale
-        weak = [c for g in groups if not _identifiable(g, feats) for c in g]
+        weak = tuple(c for g in groups if not _identifiable(g, feats) for c in g)
         used = tuple(g for g in groups if _identifiable(g, feats))
         if len(used) > len(measurements):
             continue
-        held = {**fixed, **{c: overall[0] * prior[c] for c in weak}}
-        scales = _solve(feats, cycles, used, prior, held)
+        scales = _fit_scales(feats, cycles, used, weak, prior, fixed)
         if scales is not None:
             break
     else:
         raise SearchpruneError("calibration found no positive fit: check the measured latencies")
-    fitted = _with_scales(base, used + (tuple(weak),), list(scales) + [overall[0]], prior, name)
+    fitted = _with_scales(base, used + (weak,), scales, prior, name)
     rows = []
     for m, g in zip(measurements, graphs):
         pred = _predict(g, fitted)
@@ -190,13 +196,10 @@ def calibrate(measurements: Sequence[Measurement], base: str | HardwareProfile,
         loo = []
         for i in range(len(measurements)):
             keep = [j for j in range(len(measurements)) if j != i]
-            rest = [feats[j] for j in keep]
-            ov = _solve(rest, cycles[keep], (MAC_COEFFICIENTS,), prior, fixed)
-            sc = None if ov is None else _solve(
-                rest, cycles[keep], used, prior, {**fixed, **{c: ov[0] * prior[c] for c in weak}})
+            sc = _fit_scales([feats[j] for j in keep], cycles[keep], used, weak, prior, fixed)
             if sc is None:
                 continue
-            p = _with_scales(base, used + (tuple(weak),), list(sc) + [ov[0]], prior)
+            p = _with_scales(base, used + (weak,), sc, prior)
             loo.append(_predict(graphs[i], p) / measurements[i].latency_ms - 1)
     return CalibrationResult(fitted, used, rows, loo)
 
