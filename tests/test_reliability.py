@@ -170,11 +170,16 @@ def test_processes_that_create_one_new_study_at_once_all_succeed(tmp_path):
 
 @pytest.mark.concurrency
 def test_two_workers_share_one_study(tmp_path, monkeypatch):
-    # trials long enough (~1 s) that the second process, which needs a few seconds to
-    # import torch, takes part
-    path = space_file(tmp_path, training={"epochs": 8, "finetune_epochs": 1, "batch_size": 16,
-                                          "lr": 0.01})
+    # each process's first trial waits for the other process's first trial: both take part
+    # however long the second takes to import torch
+    path = space_file(tmp_path, family="helpers:wait_for_peer",
+                      arch={"width": {"choices": [8, 16, 24]}},
+                      training={"epochs": 4, "finetune_epochs": 1, "batch_size": 16,
+                                "lr": 0.01})
     runs = tmp_path / "runs"
+    peers = tmp_path / "peers"
+    peers.mkdir()
+    monkeypatch.setenv("SEARCHPRUNE_TEST_PEERS", str(peers))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), str(TESTS)]))
     result = sp.search(path, hardware=HW, n_trials=12, name="pair", runs_dir=runs,
                        workers=2, quiet=True)
