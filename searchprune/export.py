@@ -233,8 +233,7 @@ def check_architecture(space, arch: dict, task, seed: int = 0, epochs: int = 4,
     from .spaces import build_as_trained
     from .training import train
     shape = space.input_shape(arch, tuple(task.input_shape))
-    if len(shape) == 3 and shape != tuple(task.input_shape):
-        task = task.resized(shape[1:])
+    task = task.for_input(shape)
     model = build_as_trained(space, arch, shape, task.num_classes, seed)
     train(model, task, epochs=epochs, batch_size=32, lr=0.01, seed=seed)
     model.eval()
@@ -319,8 +318,7 @@ def export_trial(result, number: int, out: str | Path, runs_dir: str | Path = "r
                                    "Python: pass it to export (task=...)")
         task = load_task(source)
     shape = tuple(config["input_shape"])
-    if len(shape) == 3 and shape != tuple(task.input_shape):
-        task = task.resized(shape[1:])
+    task = task.for_input(shape)
     x_train, _ = task.tensors("train")
     qat = None
     if qat_epochs is None and trial.user_attrs.get("int8_method") == "qat":

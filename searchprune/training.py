@@ -54,6 +54,14 @@ class Task:
                                        name=f"{self.name}@{size[0]}x{size[1]}")
         return self._resized[size]
 
+    def for_input(self, shape: tuple) -> "Task":
+        """This task for a model whose input sample is ``shape`` ((C, H, W) or features):
+        itself, or with images resized to that resolution."""
+        shape = tuple(shape)
+        if len(shape) != 3 or shape == tuple(self.input_shape):
+            return self
+        return self.resized(shape[1:])
+
     @classmethod
     def from_npz(cls, path, num_classes: int | None = None) -> "Task":
         """A task from an .npz file with arrays ``x_train``, ``y_train``, ``x_test``, ``y_test``

@@ -51,10 +51,8 @@ class TrialContext:
 
     def for_arch(self, arch: dict) -> "TrialContext":
         """This context with the task resized to the architecture's input resolution."""
-        shape = self.space.input_shape(arch, self.task.input_shape)
-        if shape == tuple(self.task.input_shape):
-            return self
-        return dataclasses.replace(self, task=self.task.resized(shape[1:]))
+        task = self.task.for_input(self.space.input_shape(arch, self.task.input_shape))
+        return self if task is self.task else dataclasses.replace(self, task=task)
 
 
 def cost_metrics(model: nn.Module, input_shape: tuple, profiles: list[HardwareProfile]) -> dict:

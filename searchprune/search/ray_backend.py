@@ -17,6 +17,7 @@ import os
 import sys
 import tempfile
 import warnings
+from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
@@ -51,9 +52,8 @@ def _trainable(config: dict, ctx: TrialContext) -> None:
                                dataclasses.replace(ctx, models_dir=models_dir))
         except optuna.TrialPruned:
             pruned, values = True, [0.0] * len(ctx.objectives)
-        saved = os.path.join(models_dir, f"{trial.number}.pt")
-        model = base64.b64encode(open(saved, "rb").read()).decode() \
-            if os.path.exists(saved) else None
+        saved = Path(models_dir) / f"{trial.number}.pt"
+        model = base64.b64encode(saved.read_bytes()).decode() if saved.exists() else None
     result = {f"obj{i}": float(v) for i, v in enumerate(values)}
     # one JSON string: Tune flattens nested dicts in results
     result["searchprune"] = json.dumps({"user_attrs": trial.user_attrs, "model": model,
