@@ -41,9 +41,11 @@ def execution_order(model: nn.Module, example_inputs: torch.Tensor) -> list[str]
     return order
 
 
-def classifier_name(model: nn.Module, example_inputs: torch.Tensor) -> str:
-    """The last conv / linear a forward pass runs: its outputs are the classes."""
-    order = execution_order(model, example_inputs)
+def classifier_name(model: nn.Module, example_inputs: torch.Tensor,
+                    order: list[str] | None = None) -> str:
+    """The last conv / linear a forward pass runs: its outputs are the classes. ``order``:
+    the model's execution_order, if known already."""
+    order = order if order is not None else execution_order(model, example_inputs)
     if not order:
         raise SearchpruneError(f"{type(model).__name__} has no Conv or Linear layer to prune")
     return order[-1]
@@ -194,12 +196,11 @@ def prune(model: nn.Module, ratios: float | Mapping[str, float], granularity: st
     if example_inputs is None:
         raise SearchpruneError("prune needs example_inputs (one batch of input) to trace layers")
     order = execution_order(model, example_inputs)  # one forward pass serves both below
-    if not order:
-        raise SearchpruneError(f"{type(model).__name__} has no Conv or Linear layer to prune")
+    classifier = classifier_name(model, example_inputs, order)
     ratio_dict = _ratio_dict(model, ratios, example_inputs, granularity, order)
     if granularity == "structured":
         return _structured(model, ratio_dict, criterion, example_inputs, data, round_to,
-                           order[-1])
+                           classifier)
     return _masked(model, ratio_dict, criterion, data, nm)
 
 

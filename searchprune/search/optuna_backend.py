@@ -343,9 +343,9 @@ def search_pruning(model, task: Task | str, hardware, ratio_range: tuple = (0.0,
                                          "steps": steps},
                              "training": {"epochs": 1, "finetune_epochs": finetune_epochs,
                                           "batch_size": batch_size, "lr": lr}}, "argument")
-    task_obj = load_task(task)
-    space = SearchSpace(
-        name=name or f"prune-{type(model).__name__.lower()}", task=task_obj.name,
+    space = SearchSpace(  # search() loads and checks the task
+        name=name or f"prune-{type(model).__name__.lower()}",
+        task=task.name if isinstance(task, Task) else str(task),
         family=f"trained {type(model).__name__}", arch={},
         pruning=check.pruning,
         training=TrainingSpec(epochs=0, finetune_epochs=finetune_epochs, batch_size=batch_size,
