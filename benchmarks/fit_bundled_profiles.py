@@ -16,6 +16,7 @@ Datasheet-only profiles copy the coefficients of the calibrated profile named in
 from __future__ import annotations
 
 import csv
+import dataclasses
 import statistics
 import sys
 from pathlib import Path
@@ -30,6 +31,7 @@ import searchprune as sp  # noqa: E402
 from searchprune.io import write_rows_csv  # noqa: E402
 from searchprune import zoo  # noqa: E402
 from searchprune.calibration import Measurement, calibrate  # noqa: E402
+from searchprune.cost import estimate_graph  # noqa: E402
 from searchprune.graph import trace  # noqa: E402
 from searchprune.io import atomic_write_text  # noqa: E402
 
@@ -77,11 +79,26 @@ def tflm_format_overheads(rows) -> tuple[int, int]:
     return tuple(max(int(round(c)), 0) for c in coef)
 
 
+FORMAT_KEYS = ("model_overhead_bytes", "op_overhead_bytes", "tensor_overhead_bytes",
+               "quant_bytes_per_channel")
+
+
+def format_features(graph, base) -> tuple[int, dict[str, int]]:
+    """(int8 weight + int32 bias bytes, bytes per unit of each format constant) of a traced
+    graph, read off the cost model itself: its ``model_bytes`` with one constant at 1 and the
+    others at 0 (FC quantised per channel, as searchprune's export does)."""
+    def model_bytes(**one):
+        runtime = dataclasses.replace(base.runtime, per_channel_fc=True, sparse_storage=False,
+                                      **{**dict.fromkeys(FORMAT_KEYS, 0), **one})
+        return estimate_graph(graph, dataclasses.replace(base, runtime=runtime)).model_bytes
+    consts = model_bytes()
+    return consts, {k: model_bytes(**{k: 1}) - consts for k in FORMAT_KEYS}
+
+
 def litert_format() -> dict:
     """Format constants of searchprune's exported .tflite files, by least squares over the
     bundled spaces' extremes and a random sample of them (needs the [tflite] extra)."""
     import torch
-    from searchprune.cost import _constant_tensors, lower
     from searchprune.export import to_tflite
     from searchprune.spaces import build_as_trained
     base = sp.load_profile("stm32l4r5-tflm-ref")
@@ -96,22 +113,17 @@ def litert_format() -> dict:
         shape = space.input_shape(arch, (1, 8, 8))
         model = build_as_trained(space, arch, shape, 10, seed=k)
         size = len(to_tflite(model, shape, torch.rand(16, *shape)))
-        graph = lower(trace(model, (1, *shape)), base)
-        weighted = [op for op in graph.ops if op.weight_shape is not None]
-        consts = sum(op.weights + 4 * op.out_channels for op in weighted)
-        tensors = len(graph.inputs) + sum(1 + _constant_tensors(op) for op in graph.ops)
-        a.append([1, len(graph.ops) + 1, tensors, sum(op.out_channels for op in weighted)])
+        consts, per_unit = format_features(trace(model, (1, *shape)), base)
+        a.append([per_unit[k] for k in FORMAT_KEYS])
         b.append(size - consts)
         label = which if isinstance(which, str) else f"sample{k}"
         names.append(f"{name}-{label} ({size} B)")
     coef, *_ = np.linalg.lstsq(np.array(a, float), np.array(b, float), rcond=None)
-    model_b, op_b, tensor_b, channel_b = (max(int(round(c)), 0) for c in coef)
-    pred = np.array(a, float) @ np.array([model_b, op_b, tensor_b, channel_b], float)
+    fitted = [max(int(round(c)), 0) for c in coef]
+    pred = np.array(a, float) @ np.array(fitted, float)
     for n, p_, t in zip(names, pred, b):
         print(f"  litert export {n:32s} format bytes {t:8.0f} fitted {p_:8.0f}")
-    return {"model_overhead_bytes": model_b, "op_overhead_bytes": op_b,
-            "tensor_overhead_bytes": tensor_b, "quant_bytes_per_channel": channel_b,
-            "per_channel_fc": True}
+    return {**dict(zip(FORMAT_KEYS, fitted)), "per_channel_fc": True}
 
 
 def main() -> None:
