@@ -179,6 +179,11 @@ def main() -> None:
     for r in ram:
         lines.append(f"RAM {r['profile']:26s} {r['model']:15s} planned arena {r['arena_bytes']:7d} B"
                      f" vs published {r['published_ram_bytes']:8.0f} B ({r['ram_err_pct']:+.1f}%)")
+    hale_ic = [float(r["peak_ram_kb"]) * 1024 for r in rows.values()
+               if r["runtime"].startswith("Bosch HALE") and r["peak_ram_kb"]
+               and zoo_name(r["model_name"]) == "resnet8"]
+    lines.append(f"published HALE RAM of ResNet-8 over its {len(hale_ic)} builds: "
+                 f"{min(hale_ic):.0f} to {max(hale_ic):.0f} B")
     # speed: a 30-layer CNN (plain family, 14 depthwise-separable blocks + stem + head)
     from searchprune.spaces.families import plain
     net = plain({"n_blocks": 14, "channels": [32] * 14, "block": ["dwsep"] * 14,
