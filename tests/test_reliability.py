@@ -133,6 +133,30 @@ def test_kill_9_then_resume_keeps_completed_trials(tmp_path):
         assert t.state.name == "FAIL" and "interrupted" in t.user_attrs["error"]
 
 
+_DIE_RIGHT_AFTER_CREATING_A_TRIAL = """
+import os, sys
+import optuna
+from searchprune.search.optuna_backend import open_storage
+study = optuna.create_study(study_name="s", storage=open_storage("sqlite:///" + sys.argv[1]))
+study.ask()  # a trial is created, RUNNING; the process dies before any objective code runs
+os._exit(0)
+"""
+
+
+@pytest.mark.fault
+def test_a_process_killed_right_after_creating_a_trial_leaves_no_orphan(tmp_path):
+    from searchprune.search.optuna_backend import fail_stale_running
+    db = tmp_path / "study.db"
+    subprocess.run([sys.executable, "-c", _DIE_RIGHT_AFTER_CREATING_A_TRIAL, str(db)],
+                   env=_env(), check=True)
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{db}")
+    assert [t.state.name for t in study.trials] == ["RUNNING"]
+    # its owner was written with the trial itself, so the resume recognises it as dead
+    assert fail_stale_running(study) == 1
+    t = optuna.load_study(study_name="s", storage=f"sqlite:///{db}").trials[0]
+    assert t.state.name == "FAIL" and "interrupted" in t.user_attrs["error"]
+
+
 _OPEN_AT_ONCE = """
 import os, sys, time
 import optuna

@@ -48,13 +48,34 @@ def storage_url(name: str, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> str:
     return f"sqlite:///{(study_dir(name, runs_dir) / 'study.db').resolve()}"
 
 
+OWNER_PID, OWNER_HOST = "searchprune:pid", "searchprune:host"
+
+
+class _OwnedStorage(optuna.storages.RDBStorage):
+    """An RDB storage that stamps every trial this process creates with its owner (host and
+    pid) in the very transaction that creates it: a process killed at any instant leaves no
+    RUNNING trial that a resume cannot attribute to it (see :func:`fail_stale_running`)."""
+
+    # Optuna's cache layer calls this private method directly; create_new_trial calls it too
+    def _create_new_trial(self, study_id: int, template_trial=None):
+        if template_trial is None:
+            from datetime import datetime
+            template_trial = optuna.trial.FrozenTrial(
+                number=-1, state=TrialState.RUNNING, value=None, values=None,
+                datetime_start=datetime.now(), datetime_complete=None, params={},
+                distributions={}, user_attrs={}, intermediate_values={}, trial_id=-1,
+                system_attrs={OWNER_PID: os.getpid(), OWNER_HOST: socket.gethostname()})
+        return super()._create_new_trial(study_id, template_trial)
+
+
 def open_storage(url: str, **kwargs) -> optuna.storages.RDBStorage:
-    """An RDB storage on ``url``. Two processes that open a new SQLite file at once both try
-    to create its tables; the loser sees "table already exists" and simply opens it again."""
+    """An RDB storage on ``url`` whose new trials carry their owner process. Two processes
+    that open a new SQLite file at once both try to create its tables; the loser sees "table
+    already exists" and simply opens it again."""
     import sqlalchemy.exc
     for attempt in range(5):
         try:
-            return optuna.storages.RDBStorage(url, **kwargs)
+            return _OwnedStorage(url, **kwargs)
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError):
             if attempt == 4:
                 raise
@@ -136,7 +157,7 @@ def fail_stale_running(study: optuna.Study) -> int:
     n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = storage.get_trial_system_attrs(t._trial_id)
-        pid, host = owner.get("searchprune:pid"), owner.get("searchprune:host")
+        pid, host = owner.get(OWNER_PID), owner.get(OWNER_HOST)
         if pid is None or host != socket.gethostname() or _pid_alive(pid):
             continue
         storage.set_trial_user_attr(t._trial_id, "error",
@@ -247,8 +268,8 @@ def search(space: str | Path | SearchSpace, hardware: Sequence[str | HardwarePro
             engine_kwargs={"connect_args": {"timeout": 60}})
     elif storage == "memory":
         storage_obj = optuna.storages.InMemoryStorage()
-    else:
-        storage_obj = storage
+    else:  # an Optuna storage URL (opened as Optuna would, owners stamped) or object
+        storage_obj = open_storage(storage) if isinstance(storage, str) else storage
     directions = ["maximize" if is_maximized(o) else "minimize" for o in objs]
     attrs = _study_attrs(space, profiles, objs, cons, seed, task_obj,
                          _task_source(task or space.task))
@@ -378,9 +399,6 @@ def run_study(study: optuna.Study, ctx: TrialContext, n_trials: int, quiet: bool
     rejections: list[list[str]] = []
 
     def objective(trial: optuna.Trial):
-        study._storage.set_trial_system_attr(trial._trial_id, "searchprune:pid", os.getpid())
-        study._storage.set_trial_system_attr(trial._trial_id, "searchprune:host",
-                                             socket.gethostname())
         try:
             return run_trial(trial, ctx)
         except optuna.TrialPruned:
