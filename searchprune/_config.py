@@ -35,6 +35,14 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
+def bundled_dir(name: str) -> Path:
+    """Where the bundled ``name`` YAML files are: inside the installed package (a wheel ships
+    them as ``searchprune/<name>``), else at the top of the source checkout (editable install)."""
+    package = Path(__file__).resolve().parent
+    packaged = package / name
+    return packaged if packaged.is_dir() else package.parent / name
+
+
 def bundled(folder: Path) -> dict[str, Path]:
     """Names -> paths of the YAML files shipped in ``folder``."""
     return {p.stem: p for p in sorted(folder.glob("*.yaml"))}

@@ -12,7 +12,7 @@ from pathlib import Path
 from . import _config as cfg
 from .errors import ConfigError
 
-BUNDLED_DIR = Path(__file__).resolve().parent.parent / "hw_profiles"
+BUNDLED_DIR = cfg.bundled_dir("hw_profiles")
 
 _MAX_CLOCK_HZ = 5e9          # no MCU runs above 5 GHz: a larger figure is a typo
 _MAX_MEMORY_BYTES = 1 << 36  # 64 GiB

@@ -32,7 +32,7 @@ from .. import _config as cfg
 from ..errors import ConfigError
 from .families import FAMILIES, resolve_family
 
-BUNDLED_DIR = Path(__file__).resolve().parent.parent.parent / "search_spaces"
+BUNDLED_DIR = cfg.bundled_dir("search_spaces")
 from ..pruning.criteria import CRITERIA, UNSTRUCTURED_CRITERIA
 from ..pruning.schedules import CURVES
 
