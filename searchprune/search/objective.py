@@ -171,6 +171,24 @@ def train_and_prune(model: nn.Module, plan: dict, ctx: TrialContext, seed: int,
     return model, dense_acc
 
 
+def _early_stop_watch(trial, ctx: TrialContext, metrics: dict) -> Callable | None:
+    """The ``on_epoch`` hook that stops a trial after its first epoch when a completed trial
+    dominates it by the margin; None when early stopping is off or cannot apply."""
+    if ctx.early_stop_margin is None or ctx.space.training.epochs <= 1 or \
+            ctx.space.pruning.schedule == "lottery":
+        return None
+    completed = ctx.completed() if ctx.completed else trial.study.get_trials(
+        deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+
+    def on_epoch(epoch, m):
+        if epoch == 0:
+            acc = ctx.evaluate_fn(m, ctx.task)
+            by = dominating_trial(acc, metrics, ctx, completed)
+            if by is not None:
+                raise EarlyStopped(by, acc)
+    return on_epoch
+
+
 def run_trial(trial, ctx: TrialContext) -> list[float]:
     """One trial. Records metrics and constraints in the trial; returns objective values.
 
@@ -198,20 +216,9 @@ def run_trial(trial, ctx: TrialContext) -> list[float]:
     if rejected:
         return _finish(trial, ctx, metrics, cons, accuracy=None, trained=False)
 
-    on_epoch = None
-    if ctx.early_stop_margin is not None and ctx.space.training.epochs > 1 and \
-            ctx.space.pruning.schedule != "lottery":
-        completed = ctx.completed() if ctx.completed else trial.study.get_trials(
-            deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-
-        def on_epoch(epoch, m):
-            if epoch == 0:
-                acc = ctx.evaluate_fn(m, ctx.task)
-                by = dominating_trial(acc, metrics, ctx, completed)
-                if by is not None:
-                    raise EarlyStopped(by, acc)
     try:
-        model, dense_acc = train_and_prune(model, plan, ctx, ctx.seed + trial.number, on_epoch)
+        model, dense_acc = train_and_prune(model, plan, ctx, ctx.seed + trial.number,
+                                           _early_stop_watch(trial, ctx, metrics))
     except EarlyStopped as e:
         trial.set_user_attr("early_stopped_by", e.by)
         trial.set_user_attr("epoch1_accuracy", e.accuracy)
