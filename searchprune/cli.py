@@ -7,7 +7,7 @@ import sys
 from .errors import SearchpruneError
 
 EXAMPLES = """examples:
-  searchprune search --space search_spaces/digits_plain.yaml --hw stm32f746-tflm-cmsisnn \\
+  searchprune search --space digits_plain --hw stm32f746-tflm-cmsisnn \\
       --hw stm32g031-cgen --trials 30 --name demo
   searchprune front demo --csv runs/demo/front.csv
   searchprune profiles
