@@ -5,10 +5,12 @@ multi-objective early stopping (time saved vs front quality).
 Hypervolume is computed on the default objectives (accuracy, latency, peak RAM, flash on
 the first MCU), each scaled by the range seen over all runs, reference: accuracy 0 and 1.1 x
 the largest cost. Writes benchmarks/results/search_quality.csv and .png; prints a summary.
-Run: python benchmarks/search_quality.py [n_trials] [n_seeds]  (about 10 minutes with 100, 3)
+Run: python benchmarks/search_quality.py [n_trials] [n_seeds]  (about 15 minutes with 100, 3);
+``--summary`` reprints the summary of the last run's CSV.
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 import sys
 import time
@@ -29,9 +31,38 @@ RUNS = [("nsga2", None), ("nsga2-pop10", None), ("tpe", None), ("random", None),
         ("nsga2", 0.15)]
 
 
+def summarize(rows: list[dict], out: Path) -> dict[str, np.ndarray]:
+    """Mean hypervolume curve per sampler over the seeds; writes and prints the summary."""
+    curves: dict[str, dict[int, list[float]]] = {}
+    walls: dict[str, list[float]] = {}
+    for r in rows:
+        curves.setdefault(r["sampler"], {}).setdefault(int(r["seed"]), []).append(
+            float(r["hypervolume"]))
+        if r["wall_s"] not in ("", None):
+            walls.setdefault(r["sampler"], []).append(float(r["wall_s"]))
+    mean = {k: np.mean(list(v.values()), axis=0) for k, v in curves.items()}
+    n_trials, n_seeds = len(mean["random"]), len(curves["random"])
+    target = mean["random"][-1]
+    at = min(30, n_trials)
+    lines = [f"mean hypervolume after {n_trials} trials over {n_seeds} seeds:"]
+    for k, m in mean.items():
+        reach = next((i + 1 for i, v in enumerate(m) if v >= target), None)
+        lines.append(f"  {k:22s} {m[-1]:.4f}  (at {at} trials {m[at - 1]:.4f}; reaches "
+                     f"random's {n_trials}-trial hypervolume after "
+                     f"{reach if reach else 'never'} trials; mean wall {np.mean(walls[k]):.0f} s)")
+    text = "\n".join(lines)
+    (out / "search_quality.txt").write_text(text + "\n")
+    print(text)
+    return mean
+
+
 def main() -> None:
     import torch
     torch.set_num_threads(1)
+    if sys.argv[1:] == ["--summary"]:  # reprint the summary of the last run's CSV
+        with open(ROOT / "benchmarks/results/search_quality.csv") as f:
+            summarize(list(csv.DictReader(f)), ROOT / "benchmarks/results")
+        return
     n_trials = int(sys.argv[1]) if len(sys.argv) > 1 else 100
     seeds = range(int(sys.argv[2]) if len(sys.argv) > 2 else 3)
     space = sp.load_space("digits_plain")
@@ -71,34 +102,23 @@ def main() -> None:
             out.append(sp.hypervolume(v, maximize, ref))
         return out
 
-    rows, curves = [], {}
+    rows = []
     for label, seed, df, _, wall in results:
         curve = hv_curve(df)
-        curves.setdefault(label, []).append(curve)
         for k, v in enumerate(curve, 1):
             rows.append({"sampler": label, "seed": seed, "trials": k, "hypervolume": v,
                          "wall_s": round(wall, 1) if k == len(curve) else ""})
     out = ROOT / "benchmarks/results"
     out.mkdir(parents=True, exist_ok=True)
     write_rows_csv(out / "search_quality.csv", rows)
-    mean = {k: np.mean(v, axis=0) for k, v in curves.items()}
-    target = mean["random"][-1]
-    lines = [f"mean hypervolume after {n_trials} trials over {len(seeds)} seeds:"]
-    for k, m in mean.items():
-        reach = next((i + 1 for i, v in enumerate(m) if v >= target), None)
-        walls = [w for lbl, _, _, _, w in results if lbl == k]
-        lines.append(f"  {k:22s} {m[-1]:.4f}  (reaches random's {n_trials}-trial hypervolume "
-                     f"after {reach if reach else 'never'} trials; mean wall {np.mean(walls):.0f} s)")
-    text = "\n".join(lines)
-    (out / "search_quality.txt").write_text(text + "\n")
-    print(text)
+    mean = summarize(rows, out)
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for k, m in mean.items():
         ax.plot(range(1, len(m) + 1), m, label=k)
-    ax.axhline(target, color="k", lw=0.6, ls=":", label=f"random @ {n_trials}")
+    ax.axhline(mean["random"][-1], color="k", lw=0.6, ls=":", label=f"random @ {n_trials}")
     ax.set_xlabel("trials")
     ax.set_ylabel("hypervolume (scaled objectives)")
     ax.set_title(f"digits_plain on {HW[0]} + {HW[1]}, mean of {len(seeds)} seeds")
