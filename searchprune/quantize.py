@@ -5,7 +5,9 @@ objective. Needs ``pip install -e ".[tflite]"``."""
 from __future__ import annotations
 
 import copy
+import logging
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +21,14 @@ def litert_modules():
     # litert-torch prints a progress line per conversion stage on stdout, which would mix
     # with our own output; a user who wants it sets LITERT_TORCH_SHOW_PROGRESS=y
     os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
+    # and the converter stack logs about itself (TensorFlow's C++ INFO lines, torchao's
+    # optional CUDA kernels, torch pytree deprecations): nothing about the user's model;
+    # TF_CPP_MIN_LOG_LEVEL=0 brings TensorFlow's back
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning)
     try:
         import litert_torch
         from litert_torch.quantize.pt2e_quantizer import (PT2EQuantizer,
