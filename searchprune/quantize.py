@@ -83,27 +83,35 @@ def quantize_int8(model: nn.Module, input_shape: tuple, calibration: torch.Tenso
 
 
 def _qat_finetune(nhwc: nn.Module, input_shape: tuple, quantizer, qat: QAT, image: bool):
-    import torch.nn.functional as F
-    from torchao.quantization.pt2e import (move_exported_model_to_eval,
-                                           move_exported_model_to_train)
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
-    from .training import batches
+    from .training import train
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     dims = (({0: batch},),) if image else ({0: batch},)  # the NHWC wrapper takes *args
     exported = torch.export.export(nhwc, (torch.zeros(2, *nhwc_shape(input_shape)),),
                                    dynamic_shapes=dims).module()
     prepared = prepare_qat_pt2e(exported, quantizer)
-    move_exported_model_to_train(prepared)
-    opt = torch.optim.Adam(prepared.parameters(), lr=qat.lr)
-    x, y = qat.task.tensors("train")
-    gen = torch.Generator().manual_seed(qat.seed)
-    for _ in range(qat.epochs):
-        for xb, yb in batches(x, y, qat.batch_size, gen):
-            opt.zero_grad()
-            F.cross_entropy(prepared(to_nhwc(xb)), yb).backward()
-            opt.step()
-    move_exported_model_to_eval(prepared)
+    train(_ExportedForTraining(prepared), qat.task, qat.epochs, qat.batch_size, qat.lr, qat.seed)
     return prepared
+
+
+class _ExportedForTraining(nn.Module):
+    """An exported (PT2E) graph as ``training.train`` drives it: NCHW batches in, and
+    ``train()`` / ``eval()`` switch the graph's fake-quant and BN ops the way torchao
+    allows (an exported graph refuses ``.train()`` itself)."""
+
+    def __init__(self, graph: nn.Module):
+        super().__init__()
+        self.graph = graph
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.graph(to_nhwc(x))
+
+    def train(self, mode: bool = True):
+        from torchao.quantization.pt2e import (move_exported_model_to_eval,
+                                               move_exported_model_to_train)
+        (move_exported_model_to_train if mode else move_exported_model_to_eval)(self.graph)
+        self.training = mode
+        return self
 
 
 def _add_aware(base):
