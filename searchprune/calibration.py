@@ -81,18 +81,19 @@ class CalibrationResult:
                 else round(100 * self.median_loo_error, 2)}
 
 
-def resolve_model(spec: str) -> Callable:
-    """A zoo name or ``pkg.module:factory`` -> the factory callable."""
+def resolve_model(spec: str, source: str = "argument", field: str = "model") -> Callable:
+    """A zoo name or ``pkg.module:factory`` -> the factory callable (errors name ``source``
+    and ``field``)."""
     if spec in zoo.MODELS:
         return zoo.MODELS[spec]
     if ":" not in spec:
-        raise ConfigError("argument", "model", spec,
+        raise ConfigError(source, field, spec,
                           f"not a zoo model ({', '.join(zoo.MODELS)}) nor 'pkg.module:factory'")
     mod_name, fn_name = spec.split(":", 1)
     try:
         fn = getattr(importlib.import_module(mod_name), fn_name)
     except (ImportError, AttributeError) as e:
-        raise ConfigError("argument", "model", spec, f"cannot be imported: {e}") from None
+        raise ConfigError(source, field, spec, f"cannot be imported: {e}") from None
     return fn
 
 
@@ -222,6 +223,7 @@ def read_measurements(path: str | Path) -> list[Measurement]:
         for key in ("model", "latency_ms"):
             if not row.get(key):
                 raise ConfigError(str(path), f"line {i}.{key}", row.get(key), "missing")
+        resolve_model(row["model"], str(path), f"line {i}.model")
         try:
             lat = float(row["latency_ms"])
         except ValueError:

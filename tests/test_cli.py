@@ -98,3 +98,15 @@ def test_bad_profile_yaml_from_cli(tmp_path):
                        str(tmp_path / "runs"))
     assert code == 2 and str(bad) in err and "clock_hz" in err and "-5" in err
     assert "Traceback" not in err and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.bad_input
+def test_bad_measurement_csv_names_file_line_and_value(tmp_path):
+    csv_path = tmp_path / "measured.csv"
+    csv_path.write_text("model,latency_ms\nresnet8,250\nmobilenet_tiny,30\n")
+    out = tmp_path / "board.yaml"
+    code, _, err = run("calibrate", "--csv", str(csv_path), "--base", "ra6m4-tflm-cmsisnn",
+                       "--out", str(out), cwd=tmp_path)
+    assert code == 2 and "Traceback" not in err
+    assert str(csv_path) in err and "line 3.model" in err and "mobilenet_tiny" in err
+    assert not out.exists()
