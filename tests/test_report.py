@@ -45,7 +45,8 @@ def test_report_is_self_contained(study):
     text = build_report(result)
     assert "<script src=" not in text and "<link " not in text  # nothing loaded from a CDN
     assert "Plotly" in text and "rep" in text
-    path = write_report(result, runs / "rep" / "report.html")
+    path = result.write_report(runs / "rep" / "report.html")
+    assert path.read_text().startswith("<!DOCTYPE") and "Plotly" in path.read_text()
     assert path.stat().st_size > 1_000_000  # plotly.js is inside
     numbers, hv = hypervolume_history(result)
     assert len(numbers) == len(result.trials)

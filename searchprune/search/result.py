@@ -106,6 +106,11 @@ class SearchResult:
         from ..report import plot_pareto
         return plot_pareto(self, x=x, y=y, profile=profile)
 
+    def write_report(self, path):
+        """Write the self-contained HTML report (as ``searchprune report``); returns its path."""
+        from ..report import write_report
+        return write_report(self, path)
+
     def export(self, trial: int, out, runs_dir="runs", qat_epochs: int | None = None,
                task=None):
         """Export one trained trial for deployment (see :func:`searchprune.export.export_trial`)."""
