@@ -188,6 +188,10 @@ def cmd_estimate(a) -> None:
             df = report.to_dataframe()[["layer", "kind", "out_shape", "macs", "params",
                                         "latency_ms", "flash_bytes", "scratch_bytes"]]
             _pd_print(df)
+        if a.plan:
+            print(f"arena plan ({report.arena_bytes} B; live-set lower bound "
+                  f"{report.live_peak_bytes} B):")
+            _pd_print(report.plan_dataframe())
 
 
 def cmd_calibrate(a) -> None:
@@ -295,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--input-shape", help="with batch, e.g. 1,3,32,32")
     e.add_argument("--hw", action="append", required=True, metavar="PROFILE")
     e.add_argument("--totals-only", action="store_true", help="no per-layer table")
+    e.add_argument("--plan", action="store_true",
+                   help="also print the arena plan: every buffer, its offset and lifetime")
     e.set_defaults(fn=cmd_estimate)
     c = sub.add_parser("calibrate", help="fit a profile's latency coefficients to your "
                        "measurements", description="CSV columns: model (zoo name or "

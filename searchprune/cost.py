@@ -73,6 +73,22 @@ class CostReport:
         import pandas as pd
         return pd.DataFrame(self.layers)
 
+    def plan_dataframe(self):
+        """The arena plan, one row per buffer (activation or scratch): bytes, offset in the
+        arena, live from op ``first_op`` to ``last_op``; ``at_peak`` marks the buffers live
+        at the same time as one that reaches the arena's top (shrink one to lower it)."""
+        import pandas as pd
+        names = [row["layer"] for row in self.layers]
+        top = max((b.offset + b.size for b in self.plan), default=0)
+        peak_ops = {i for b in self.plan if b.offset + b.size == top
+                    for i in range(b.first, b.last + 1)}
+        return pd.DataFrame([{
+            "buffer": b.name, "bytes": b.size, "offset": b.offset, "end": b.offset + b.size,
+            "first_op": names[b.first] if b.first < len(names) else b.first,
+            "last_op": names[b.last] if b.last < len(names) else b.last,
+            "at_peak": any(b.first <= i <= b.last for i in peak_ops)}
+            for b in sorted(self.plan, key=lambda b: (b.offset, b.first))])
+
 
 def _round_up(x: int, m: int) -> int:
     return -(-int(x) // m) * m

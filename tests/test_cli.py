@@ -59,6 +59,11 @@ def test_estimate_prints_totals_and_layers(capsys):
                  "ra6m4-tflm-cmsisnn"]) == 0
     out = capsys.readouterr().out
     assert "2656768 MACs" in out and "22604 params" in out and "depthwise" in out
+    assert main(["estimate", "--model", "searchprune.zoo:dscnn_kws", "--hw", "stm32g0b1-hale",
+                 "--totals-only", "--plan"]) == 0
+    out = capsys.readouterr().out
+    assert "arena plan (16000 B; live-set lower bound 16000 B)" in out and "offset" in out
+    assert "depthwise" not in out  # --totals-only: no per-layer table
 
 
 @pytest.mark.bad_input

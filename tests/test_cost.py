@@ -255,3 +255,18 @@ def test_conv1d_dilation_pooling_upsample_shapes_and_macs():
     assert rows["pointwise:(1, 4, 16)"]["macs"] == 16 * 4 * 8
     assert r.layers[-1]["kind"] == "elementwise"  # softmax is an op, not dropped
     assert r.macs == 768 + 512
+
+
+def test_plan_table_is_a_valid_placement_that_reaches_the_arena():
+    model, shape = zoo.MODELS["resnet8"]()
+    report = sp.estimate(model, shape, "ra6m4-tflm-cmsisnn")
+    plan = report.plan_dataframe()
+    assert len(plan) == len(report.plan) and plan["end"].max() == report.arena_bytes
+    spans = [(b.first, b.last, b.offset, b.offset + b.size) for b in report.plan]
+    for i, (f1, l1, o1, e1) in enumerate(spans):  # alive together -> disjoint in the arena
+        for f2, l2, o2, e2 in spans[i + 1:]:
+            if f1 <= l2 and f2 <= l1:
+                assert e1 <= o2 or e2 <= o1
+    top = plan[plan["end"] == report.arena_bytes]
+    assert top["at_peak"].all() and not plan["at_peak"].all()
+    assert "input_1" in set(plan["buffer"]) and (plan["bytes"] > 0).all()
