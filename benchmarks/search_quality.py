@@ -5,7 +5,8 @@ multi-objective early stopping (time saved vs front quality).
 Hypervolume is computed on the default objectives (accuracy, latency, peak RAM, flash on
 the first MCU), each scaled by the range seen over all runs, reference: accuracy 0 and 1.1 x
 the largest cost. Writes benchmarks/results/search_quality.csv and .png; prints a summary.
-Run: python benchmarks/search_quality.py [n_trials] [n_seeds]  (about 15 minutes with 100, 3);
+Run: python benchmarks/search_quality.py [n_trials] [n_seeds] [processes]  (about 15 minutes
+with 100, 3, 1 on this 2-core machine; 2 processes halve it);
 ``--summary`` reprints the summary of the last run's CSV.
 """
 from __future__ import annotations
@@ -50,10 +51,34 @@ def summarize(rows: list[dict], out: Path) -> dict[str, np.ndarray]:
         lines.append(f"  {k:22s} {m[-1]:.4f}  (at {at} trials {m[at - 1]:.4f}; reaches "
                      f"random's {n_trials}-trial hypervolume after "
                      f"{reach if reach else 'never'} trials; mean wall {np.mean(walls[k]):.0f} s)")
+    lines.append("per seed, trials to reach that seed's random-search hypervolume after "
+                 f"{n_trials} trials (min / median / max; {n_trials + 1} = never):")
+    for k, by_seed in curves.items():
+        per = [next((i + 1 for i, v in enumerate(c) if v >= curves["random"][s][-1]),
+                    n_trials + 1) for s, c in by_seed.items() if s in curves["random"]]
+        lines.append(f"  {k:22s} {min(per)} / {np.median(per):.0f} / {max(per)}")
     text = "\n".join(lines)
     (out / "search_quality.txt").write_text(text + "\n")
     print(text)
     return mean
+
+
+def run_one(n_trials: int, seed: int, sampler: str, early: float | None):
+    """One search of the benchmark: (label, seed, trials, objectives, wall seconds)."""
+    import torch
+    torch.set_num_threads(1)
+    space = sp.load_space("digits_plain")
+    space = dataclasses.replace(space, training=dataclasses.replace(
+        space.training, epochs=4, finetune_epochs=1))
+    t0 = time.perf_counter()
+    chosen = sampler if sampler != "nsga2-pop10" else \
+        optuna.samplers.NSGAIISampler(seed=seed, population_size=10)
+    r = sp.search(space, hardware=HW, n_trials=n_trials, seed=seed, sampler=chosen,
+                  storage="memory", quiet=True, task=sp.digits_task(), early_stop=early)
+    wall = time.perf_counter() - t0
+    label = sampler + (f"+early_stop({early})" if early else "")
+    print(f"{label:22s} seed {seed}: {wall:6.1f} s, {len(r.pareto)} on the front", flush=True)
+    return label, seed, r.trials.sort_values("number"), r.objectives, wall
 
 
 def main() -> None:
@@ -65,23 +90,14 @@ def main() -> None:
         return
     n_trials = int(sys.argv[1]) if len(sys.argv) > 1 else 100
     seeds = range(int(sys.argv[2]) if len(sys.argv) > 2 else 3)
-    space = sp.load_space("digits_plain")
-    space = dataclasses.replace(space, training=dataclasses.replace(
-        space.training, epochs=4, finetune_epochs=1))
-    task = sp.digits_task()
-    results = []
-    for seed in seeds:
-        for sampler, early in RUNS:
-            t0 = time.perf_counter()
-            chosen = sampler if sampler != "nsga2-pop10" else \
-                optuna.samplers.NSGAIISampler(seed=seed, population_size=10)
-            r = sp.search(space, hardware=HW, n_trials=n_trials, seed=seed, sampler=chosen,
-                          storage="memory", quiet=True, task=task, early_stop=early)
-            wall = time.perf_counter() - t0
-            label = sampler + (f"+early_stop({early})" if early else "")
-            results.append((label, seed, r.trials.sort_values("number"), r.objectives, wall))
-            print(f"{label:22s} seed {seed}: {wall:6.1f} s, {len(r.pareto)} on the front",
-                  flush=True)
+    procs = int(sys.argv[3]) if len(sys.argv) > 3 else 1
+    jobs = [(n_trials, seed, sampler, early) for seed in seeds for sampler, early in RUNS]
+    if procs > 1:  # one search per process, each on one thread
+        import multiprocessing
+        with multiprocessing.get_context("spawn").Pool(procs) as pool:
+            results = pool.starmap(run_one, jobs)
+    else:
+        results = [run_one(*job) for job in jobs]
     objs = results[0][3]
     everything = np.concatenate([df[df["trained"]][objs].to_numpy(float)
                                  for _, _, df, _, _ in results])

@@ -89,7 +89,9 @@ def make_sampler(name, seed: int | None) -> optuna.samplers.BaseSampler:
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+        # group=True: our spaces are conditional (a block's choices exist only when the
+        # network has that block); grouped multivariate TPE models each subspace jointly
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise UnknownNameError("sampler", name, SAMPLERS)
@@ -214,8 +216,9 @@ def search(space: str | Path | SearchSpace, hardware: Sequence[str | HardwarePro
     ``constraints``: ``{"latency_ms": 50}`` or ``["latency_ms<=50"]``. ``storage``: None for
     ``runs/<name>/study.db`` (resumed when it exists), ``"memory"``, or an Optuna URL.
     ``n_trials`` is the total the study should hold (completed or pruned); a resumed study
-    only runs what is missing. ``sampler``: ``"tpe"`` (default: multivariate TPE, the
-    best in benchmarks/search_quality.py), ``"nsga2"``, ``"random"``, or an Optuna sampler.
+    only runs what is missing. ``sampler``: ``"tpe"`` (default: multivariate TPE grouped
+    by conditional subspace, the best in benchmarks/search_quality.py), ``"nsga2"``,
+    ``"random"``, or an Optuna sampler.
 
     ``backend="optuna"`` runs here, with ``workers`` processes sharing the SQLite study;
     ``backend="ray"`` runs the same trials on Ray Tune (``ray_address`` joins a cluster,
