@@ -88,8 +88,7 @@ def ratio_model_lomo(data, held_out):
 
 def published_ram_bytes(row: dict) -> float | None:
     """A row's published RAM in bytes: the exact figure its notes quote ("peak_ram = ...
-    66112 B"), else
-    peak_ram_kb x 1024 (rounded to 10 B in the CSV)."""
+    66112 B"), else peak_ram_kb x 1024 (rounded to 10 B in the CSV)."""
     if not row["peak_ram_kb"]:
         return None
     exact = re.search(r"peak_ram = [^;]*?(\d+) B", row["notes"])

@@ -32,6 +32,11 @@ RUNS = [("nsga2", None), ("nsga2-pop10", None), ("tpe", None), ("random", None),
         ("nsga2", 0.15)]
 
 
+def trials_to_reach(curve, target: float, never):
+    """The first trial (1-based) at which ``curve`` reaches ``target``, else ``never``."""
+    return next((i + 1 for i, v in enumerate(curve) if v >= target), never)
+
+
 def summarize(rows: list[dict], out: Path) -> dict[str, np.ndarray]:
     """Mean hypervolume curve per sampler over the seeds; writes and prints the summary."""
     curves: dict[str, dict[int, list[float]]] = {}
@@ -47,15 +52,15 @@ def summarize(rows: list[dict], out: Path) -> dict[str, np.ndarray]:
     at = min(30, n_trials)
     lines = [f"mean hypervolume after {n_trials} trials over {n_seeds} seeds:"]
     for k, m in mean.items():
-        reach = next((i + 1 for i, v in enumerate(m) if v >= target), None)
+        reach = trials_to_reach(m, target, "never")
         lines.append(f"  {k:22s} {m[-1]:.4f}  (at {at} trials {m[at - 1]:.4f}; reaches "
                      f"random's {n_trials}-trial hypervolume after "
-                     f"{reach if reach else 'never'} trials; mean wall {np.mean(walls[k]):.0f} s)")
+                     f"{reach} trials; mean wall {np.mean(walls[k]):.0f} s)")
     lines.append("per seed, trials to reach that seed's random-search hypervolume after "
                  f"{n_trials} trials (min / median / max; {n_trials + 1} = never):")
     for k, by_seed in curves.items():
-        per = [next((i + 1 for i, v in enumerate(c) if v >= curves["random"][s][-1]),
-                    n_trials + 1) for s, c in by_seed.items() if s in curves["random"]]
+        per = [trials_to_reach(c, curves["random"][s][-1], n_trials + 1)
+               for s, c in by_seed.items() if s in curves["random"]]
         lines.append(f"  {k:22s} {min(per)} / {np.median(per):.0f} / {max(per)}")
     text = "\n".join(lines)
     (out / "search_quality.txt").write_text(text + "\n")
